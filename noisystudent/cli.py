@@ -1,0 +1,29 @@
+"""Shared plumbing for the thin stage commands in `stages/`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .params import Params, ParamsError, load_params
+
+ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read (validated before anything is written)")]
+
+
+def app(help: str) -> typer.Typer:
+    return typer.Typer(help=help, add_completion=False, pretty_exceptions_enable=False)
+
+
+def read_params(path: Path) -> Params:
+    """Validate params first: a bad value exits with one line naming the key, nothing written."""
+    try:
+        return load_params(path)
+    except ParamsError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+def fail(msg: str) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(1)

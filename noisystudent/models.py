@@ -1,0 +1,112 @@
+"""Model factory: any timm architecture by name, plus small ResNets for tiny images.
+
+timm's own ResNets downsample by 4 in the stem, which leaves nothing of a 16x16 digit, so we
+register a family of small pre-activation-free ResNets (`ns_resnet_*`) in timm's registry:
+`timm.create_model("ns_resnet_s", num_classes=10, in_chans=1, drop_rate=0.5,
+drop_path_rate=0.2)` then works exactly like any other timm model. Model noise lives here
+and only here: dropout before the classifier (`drop_rate`) and stochastic depth
+(`drop_path_rate`, linearly increasing from the stem to the last block, as in the paper).
+"""
+from __future__ import annotations
+
+import timm
+import torch
+from timm.layers import DropPath
+from timm.models import register_model
+from torch import nn
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, drop_path: float):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = (
+            nn.Identity()
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(self.shortcut(x) + self.drop_path(out))
+
+
+class SmallResNet(nn.Module):
+    def __init__(
+        self,
+        widths: tuple[int, ...] = (16, 32, 64),
+        depths: tuple[int, ...] = (1, 1, 1),
+        num_classes: int = 10,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        **_: object,  # timm passes pretrained_cfg and friends
+    ):
+        super().__init__()
+        self.num_classes = num_classes
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
+        )
+        n_blocks, idx, blocks, cin = sum(depths), 0, [], widths[0]
+        for stage, (w, d) in enumerate(zip(widths, depths)):
+            for j in range(d):
+                idx += 1
+                # survival probability decays linearly from 1 at the stem to 1 - rate at the end
+                blocks.append(BasicBlock(cin, w, 2 if (stage > 0 and j == 0) else 1, drop_path_rate * idx / n_blocks))
+                cin = w
+        self.blocks = nn.Sequential(*blocks)
+        self.num_features = cin
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.stem(x))
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(x.mean((2, 3))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+@register_model
+def ns_resnet_xs(pretrained: bool = False, **kw) -> SmallResNet:
+    return SmallResNet((8, 16, 32), (1, 1, 1), **kw)
+
+
+@register_model
+def ns_resnet_s(pretrained: bool = False, **kw) -> SmallResNet:
+    return SmallResNet((16, 32, 64), (1, 1, 1), **kw)
+
+
+@register_model
+def ns_resnet_m(pretrained: bool = False, **kw) -> SmallResNet:
+    return SmallResNet((24, 48, 96), (1, 2, 2), **kw)
+
+
+@register_model
+def ns_resnet_l(pretrained: bool = False, **kw) -> SmallResNet:
+    return SmallResNet((32, 64, 128), (2, 2, 2), **kw)
+
+
+def check_arch(name: str, key: str) -> None:
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
+        hint = f"; similar: {', '.join(close)}" if close else ""
+        raise ValueError(f"{key}: unknown timm model {name!r}{hint}")
+
+
+def create_model(arch: str, num_classes: int, in_chans: int, dropout: float = 0.0, drop_path: float = 0.0) -> nn.Module:
+    # pretrained=False always: nothing is downloaded at run time
+    return timm.create_model(
+        arch, pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_rate=dropout, drop_path_rate=drop_path
+    )
+
+
+def num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

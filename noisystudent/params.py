@@ -1,0 +1,173 @@
+"""The one typed reader of params.yaml.
+
+Every stage calls `load_params()` before it touches any output, so a bad value stops the
+stage with a message naming the key (e.g. ``noise.dropout: Input should be less than or
+equal to 1``) and nothing is written.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Prob = Annotated[float, Field(ge=0.0, le=1.0)]
+PosInt = Annotated[int, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    # forbid: a typo such as `noise.droput` must fail, not be silently ignored
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Section):
+    name: Literal["digits"] = "digits"
+    seed: int = 0
+    image_size: PosInt = 16
+    labeled_per_class: PosInt = 3
+    val_per_class: PosInt = 10
+    test_per_class: PosInt = 40
+
+
+class StudentParams(_Section):
+    steps: PosInt = 300
+    batch_ratio: PosInt = 3  # unlabeled batch = ratio x labeled batch (PAPER.md)
+    targets: Literal["soft", "hard"] = "soft"
+
+
+class NoiseParams(_Section):
+    """Student noise: input noise (RandAugment) and model noise (dropout, stochastic depth)."""
+    randaugment_n: Annotated[int, Field(ge=0, le=10)] = 2
+    randaugment_m: Annotated[float, Field(ge=0, le=30)] = 9.0  # > 10 extrapolates, as the paper
+    dropout: Prob = 0.5
+    drop_path: Prob = 0.2
+
+
+class TeacherParams(NoiseParams):
+    """The supervised teacher of iteration 0. Its noise is its own (same keys as `noise`), so
+    that changing the student's noise leaves the teacher cached."""
+    arch: str = "ns_resnet_s"
+    steps: PosInt = 400
+    randaugment_n: Annotated[int, Field(ge=0, le=10)] = 0
+    randaugment_m: Annotated[float, Field(ge=0, le=30)] = 0.0
+    dropout: Prob = 0.0
+    drop_path: Prob = 0.0
+
+
+class TrainParams(_Section):
+    """Optimisation shared by teacher and student (one loop for both)."""
+    batch_size: PosInt = 32
+    lr: Annotated[float, Field(gt=0)] = 0.05
+    momentum: Prob = 0.9
+    weight_decay: Annotated[float, Field(ge=0)] = 5e-4
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    warmup_steps: Annotated[int, Field(ge=0)] = 20
+    seed: int = 0  # model init and batch order; iteration i trains with seed + i
+    num_threads: Annotated[int, Field(ge=0)] = 0  # 0 = torch default
+
+
+class PseudoParams(_Section):
+    temperature: Annotated[float, Field(gt=0)] = 1.0
+    batch_size: PosInt = 256
+
+
+class SelectParams(_Section):
+    threshold: Prob = 0.3
+    per_class: PosInt = 100
+    seed: int = 0
+
+
+class Iteration(_Section):
+    teacher: str
+    arch: str
+
+
+class EvalParams(_Section):
+    # the models to evaluate: dvc.yaml expands `evaluate` over this list (foreach cannot
+    # join the teacher to the iterations dict); checked against `iterations` below
+    models: list[str] = Field(default_factory=lambda: ["teacher"])
+    batch_size: PosInt = 256
+    ece_bins: PosInt = 15
+
+
+class MlflowParams(_Section):
+    enabled: bool = True
+    experiment: str = "noisy-student"
+
+
+class Params(_Section):
+    data: DataParams = DataParams()
+    teacher: TeacherParams = TeacherParams()
+    student: StudentParams = StudentParams()
+    noise: NoiseParams = NoiseParams()
+    train: TrainParams = TrainParams()
+    pseudo: PseudoParams = PseudoParams()
+    select: SelectParams = SelectParams()
+    iterations: dict[str, Iteration] = Field(default_factory=dict)
+    eval: EvalParams = EvalParams()
+    mlflow: MlflowParams = MlflowParams()
+
+    @field_validator("iterations")
+    @classmethod
+    def _chain(cls, its: dict[str, Iteration]) -> dict[str, Iteration]:
+        if not its:
+            raise ValueError("at least one iteration is needed")
+        seen = {"teacher"}
+        for name, it in its.items():
+            if name == "teacher":
+                raise ValueError("'teacher' is reserved for the supervised model")
+            if it.teacher not in seen:
+                raise ValueError(f"{name}.teacher={it.teacher!r} must be 'teacher' or an earlier iteration")
+            seen.add(name)
+        return its
+
+    @model_validator(mode="after")
+    def _archs_exist(self) -> "Params":
+        from .models import check_arch  # timm import is slow; only validated here
+
+        check_arch(self.teacher.arch, "teacher.arch")
+        for name, it in self.iterations.items():
+            check_arch(it.arch, f"iterations.{name}.arch")
+        return self
+
+    @model_validator(mode="after")
+    def _eval_covers_chain(self) -> "Params":
+        want = ["teacher", *self.iterations]
+        if self.eval.models != want:
+            raise ValueError(f"eval.models must list the teacher and every iteration in order: {want} (got {self.eval.models})")
+        return self
+
+    def arch_of(self, model: str) -> str:
+        return self.teacher.arch if model == "teacher" else self.iterations[model].arch
+
+
+class ParamsError(ValueError):
+    """A params.yaml problem, phrased as one line naming the key."""
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        if "input" in e and e["type"] != "extra_forbidden" and not isinstance(e["input"], dict):
+            msg += f" (got {e['input']!r})"
+        lines.append(f"{key}: {msg}" if key else msg)
+    return "; ".join(lines)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: top level must be a mapping")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        raise ParamsError(f"{path}: {_describe(e)}") from None

@@ -1,0 +1,243 @@
+"""What each stage does, as plain functions of (params, paths). `stages/*.py` are thin CLIs
+over these; tests call them directly."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from . import data as D
+from .evaluate import classification_metrics
+from .io import atomic_save_torch, atomic_write_csv, atomic_write_json, atomic_write_parquet, load_checkpoint
+from .models import create_model, num_params
+from .params import Params
+from .pseudo import pseudo_label_frame, select, selection_stats
+from .tracking import StageRun
+from .train import FitConfig, fit, predict_logits
+from .transforms import eval_transform, randaugment_config, train_transform
+
+
+def _tracker(p: Params, stage: str) -> StageRun:
+    return StageRun(stage, p.mlflow.experiment, p.model_dump(), enabled=p.mlflow.enabled)
+
+
+def _threads(p: Params) -> None:
+    if p.train.num_threads:
+        torch.set_num_threads(p.train.num_threads)
+
+
+def prepare_stage(p: Params, out: Path) -> dict:
+    with _tracker(p, "prepare") as run:
+        run.log_params({"data": p.data.model_dump()})
+        meta = D.prepare(out, p.data.image_size, p.data.labeled_per_class, p.data.val_per_class, p.data.test_per_class, p.data.seed)
+        run.log_metrics({f"n_{k}": v for k, v in meta["counts"].items()})
+    return meta
+
+
+def _loader(data: D.Prepared, ids: np.ndarray, targets: np.ndarray | None, batch_size: int) -> DataLoader:
+    return DataLoader(D.ImageDataset(data.images, ids, targets, eval_transform(data.in_chans)), batch_size=batch_size)
+
+
+def _accuracy(model: torch.nn.Module, data: D.Prepared, split: str, batch_size: int = 256) -> float:
+    frame = data.split(split)
+    was = model.training
+    logits, _ = predict_logits(model, _loader(data, frame["id"].to_numpy(), None, batch_size), desc=f"eval {split}")
+    acc = float((logits.argmax(1).numpy() == frame["label"].to_numpy()).mean())
+    model.train(was)
+    return acc
+
+
+def _pseudo_targets(selected: pd.DataFrame, num_classes: int, mode: str, smoothing: float) -> np.ndarray:
+    if mode == "soft":
+        return np.stack(selected["probs"].to_numpy()).astype(np.float32)
+    # hard pseudo labels get the same label smoothing as labels (official code)
+    return D.one_hot(selected["label"].to_numpy(), num_classes, smoothing)
+
+
+def train_stage(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Path, selected: Path | None = None) -> dict:
+    """Train the teacher (name == 'teacher', labeled data only) or student `name` (labeled +
+    selected pseudo-labeled data, with the student noise)."""
+    _threads(p)
+    data = D.Prepared.load(data_dir)
+    is_teacher = name == "teacher"
+    noise = p.teacher if is_teacher else p.noise
+    arch = p.arch_of(name)
+    steps = p.teacher.steps if is_teacher else p.student.steps
+    seed = p.train.seed + (0 if is_teacher else list(p.iterations).index(name) + 1)
+    tf = train_transform(data.in_chans, randaugment_config(noise.randaugment_n, noise.randaugment_m))
+
+    lab = data.split("labeled")
+    labeled = D.ImageDataset(data.images, lab["id"].to_numpy(), D.one_hot(lab["label"].to_numpy(), data.num_classes, p.train.label_smoothing), tf)
+    pseudo_ds = None
+    if not is_teacher:
+        if selected is None:
+            raise ValueError(f"student {name} needs --selected (the pseudo-labeled set)")
+        sel = pd.read_parquet(selected)
+        if len(sel) == 0:
+            raise ValueError(f"{selected}: no pseudo-labeled image survived selection; lower select.threshold")
+        targets = _pseudo_targets(sel, data.num_classes, p.student.targets, p.train.label_smoothing)
+        pseudo_ds = D.ImageDataset(data.images, sel["id"].to_numpy(), targets, tf)
+
+    torch.manual_seed(seed)
+    model = create_model(arch, data.num_classes, data.in_chans, noise.dropout, noise.drop_path)
+    cfg = FitConfig(
+        steps=steps, batch_size=p.train.batch_size, lr=p.train.lr, momentum=p.train.momentum,
+        weight_decay=p.train.weight_decay, warmup_steps=p.train.warmup_steps,
+        batch_ratio=1 if is_teacher else p.student.batch_ratio, seed=seed,
+    )
+    stage = "train_teacher" if is_teacher else f"train_student@{name}"
+    with _tracker(p, stage) as run:
+        run.log_params({"arch": arch, "role": "teacher" if is_teacher else "student", "num_params": num_params(model),
+                        "noise": noise.model_dump(), "fit": cfg.__dict__, "n_pseudo": 0 if pseudo_ds is None else len(pseudo_ds)})
+
+        def on_log(step: int, figs: dict) -> None:
+            figs = {**figs, "val_acc": _accuracy(model, data, "val")}
+            run.log_metrics(figs, step)
+            print(f"[{stage}] step {step}/{steps} " + " ".join(f"{k}={v:.4f}" for k, v in figs.items()), flush=True)
+
+        t0 = time.perf_counter()
+        fit(model, labeled, cfg, pseudo_ds, on_log=on_log, desc=stage)
+        seconds = time.perf_counter() - t0
+        imgs = steps * cfg.batch_size * (1 + (0 if pseudo_ds is None else cfg.batch_ratio))
+        result = {"val_acc": _accuracy(model, data, "val"), "train_seconds": round(seconds, 2),
+                  "images_per_second": round(imgs / seconds, 1), "num_params": num_params(model), "steps": steps}
+        ckpt = {"arch": arch, "num_classes": data.num_classes, "in_chans": data.in_chans, "name": name,
+                "state_dict": model.state_dict(), "params": json.loads(p.model_dump_json())}
+        atomic_save_torch(out, ckpt)
+        atomic_write_json(metrics_out, {k: v for k, v in result.items() if k != "train_seconds"})
+        run.log_metrics(result)
+        run.log_artifact(metrics_out)
+    return result
+
+
+def load_model(path: Path) -> tuple[torch.nn.Module, dict]:
+    ckpt = load_checkpoint(path)
+    model = create_model(ckpt["arch"], ckpt["num_classes"], ckpt["in_chans"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), ckpt
+
+
+def pseudo_label_stage(p: Params, iteration: str, data_dir: Path, teacher_ckpt: Path, out: Path) -> pd.DataFrame:
+    """The teacher, not noised (eval mode, eval transform), labels every unlabeled image."""
+    _threads(p)
+    data = D.Prepared.load(data_dir)
+    model, ckpt = load_model(teacher_ckpt)
+    with _tracker(p, f"pseudo_label@{iteration}") as run:
+        run.log_params({"teacher": ckpt["name"], "teacher_arch": ckpt["arch"], "pseudo": p.pseudo.model_dump()})
+        ids = data.split("unlabeled")["id"].to_numpy()
+        logits, got = predict_logits(model, _loader(data, ids, None, p.pseudo.batch_size), desc=f"pseudo_label@{iteration}")
+        frame = pseudo_label_frame(got.numpy(), logits.numpy(), p.pseudo.temperature)
+        atomic_write_parquet(out, frame)
+        run.log_metrics({"n_labeled": len(frame), "mean_confidence": float(frame["confidence"].mean())})
+    return frame
+
+
+def select_stage(p: Params, iteration: str, data_dir: Path, labels: Path, out: Path, metrics_out: Path) -> dict:
+    data = D.Prepared.load(data_dir)
+    frame = pd.read_parquet(labels)
+    with _tracker(p, f"select@{iteration}") as run:
+        run.log_params({"select": p.select.model_dump()})
+        chosen = select(frame, p.select.threshold, p.select.per_class, data.num_classes, p.select.seed)
+        kept = int((frame["confidence"] >= p.select.threshold).sum())
+        truth_path = data.root / "unlabeled_truth.parquet"
+        truth = pd.read_parquet(truth_path) if truth_path.exists() else None
+        stats = selection_stats(frame, kept, chosen, data.num_classes, truth)
+        atomic_write_parquet(out, chosen)
+        atomic_write_json(metrics_out, stats)
+        run.log_metrics({k: v for k, v in stats.items() if not isinstance(v, dict)})
+        run.log_artifact(metrics_out)
+    return stats
+
+
+def evaluate_stage(p: Params, model_name: str, data_dir: Path, ckpt_path: Path, metrics_out: Path, predictions_out: Path) -> dict:
+    _threads(p)
+    data = D.Prepared.load(data_dir)
+    model, ckpt = load_model(ckpt_path)
+    test = data.split("test")
+    with _tracker(p, f"evaluate@{model_name}") as run:
+        logits, _ = predict_logits(model, _loader(data, test["id"].to_numpy(), None, p.eval.batch_size), desc=f"evaluate@{model_name}")
+        labels = test["label"].to_numpy()
+        m = classification_metrics(logits.numpy(), labels, data.num_classes, p.eval.ece_bins)
+        m = {"model": model_name, "arch": ckpt["arch"], "num_params": num_params(model), **m}
+        preds = pd.DataFrame({"actual": labels, "predicted": logits.argmax(1).numpy()})
+        atomic_write_csv(predictions_out, preds)
+        atomic_write_json(metrics_out, m)
+        run.log_metrics({f"test_{k}": v for k, v in m.items() if isinstance(v, float)})
+        run.log_artifact(metrics_out)
+        run.log_artifact(_confusion_png(preds, data.num_classes, predictions_out.with_suffix(".png"), model_name))
+    return m
+
+
+def _confusion_png(preds: pd.DataFrame, num_classes: int, path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .evaluate import confusion_matrix
+
+    cm = confusion_matrix(preds["actual"].to_numpy(), preds["predicted"].to_numpy(), num_classes)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.imshow(cm, cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm):
+        if v:
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
+    ax.set(xlabel="predicted", ylabel="actual", title=f"confusion: {title}", xticks=range(num_classes), yticks=range(num_classes))
+    fig.tight_layout()
+    from .io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
+def summary_stage(p: Params, eval_dir: Path, out: Path, table_out: Path, png_out: Path) -> dict:
+    rows = []
+    for i, name in enumerate(p.eval.models):
+        f = eval_dir / f"{name}.json"
+        if not f.exists():
+            raise FileNotFoundError(f"{f} is missing: evaluate@{name} has not run")
+        m = json.loads(f.read_text())
+        rows.append({"iteration": i, "model": name, "arch": m["arch"], "test_acc": m["top1"], "test_top5": m["top5"], "test_ece": m["ece"]})
+    table = pd.DataFrame(rows)
+    students = table[table["model"] != "teacher"]
+    summary = {
+        "teacher_test_acc": float(table.loc[0, "test_acc"]),
+        "student_test_acc": [float(a) for a in students["test_acc"]],
+        "best_student_test_acc": float(students["test_acc"].max()),
+        "best_student": str(students.loc[students["test_acc"].idxmax(), "model"]),
+        "gain_over_teacher": float(students["test_acc"].max() - table.loc[0, "test_acc"]),
+    }
+    with _tracker(p, "summary") as run:
+        atomic_write_json(out, summary)
+        atomic_write_csv(table_out, table)
+        _summary_png(table, png_out)
+        run.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)})
+        for f in (out, table_out, png_out):
+            run.log_artifact(f)
+    return summary
+
+
+def _summary_png(table: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(table["iteration"], 100 * table["test_acc"], marker="o")
+    ax.set_xticks(table["iteration"], table["model"])
+    ax.set(xlabel="iteration", ylabel="test top-1 (%)", title="Noisy Student: accuracy per iteration")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,29 @@
+"""Stage select@<iteration>: confidence threshold, then the official class balancing."""
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from noisystudent.cli import ParamsOpt, app, read_params
+
+cli = app(__doc__)
+
+
+@cli.command()
+def main(
+    iteration: Annotated[str, typer.Option(help="key under `iterations` in params.yaml")],
+    data: Annotated[Path, typer.Option(help="prepared data folder (for the hidden labels)")],
+    labels: Annotated[Path, typer.Option(help="pseudo labels (Parquet) from pseudo_label")],
+    out: Annotated[Path, typer.Option(help="selected set to write (Parquet)")],
+    metrics: Annotated[Path, typer.Option(help="selection metrics JSON to write")],
+    params: ParamsOpt = Path("params.yaml"),
+):
+    p = read_params(params)
+    from noisystudent.pipeline import select_stage
+
+    s = select_stage(p, iteration, data, labels, out, metrics)
+    typer.echo(f"selected {s['selected']} ({s['unique']} unique), pseudo-label acc {s.get('pseudo_label_acc_selected', float('nan')):.4f}")
+
+
+if __name__ == "__main__":
+    cli()

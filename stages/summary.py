@@ -1,0 +1,28 @@
+"""Stage summary: teacher vs students, metrics/summary.json and an accuracy-per-iteration plot."""
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from noisystudent.cli import ParamsOpt, app, read_params
+
+cli = app(__doc__)
+
+
+@cli.command()
+def main(
+    evals: Annotated[Path, typer.Option(help="folder of evaluate outputs (<model>.json)")],
+    out: Annotated[Path, typer.Option(help="summary JSON to write")],
+    table: Annotated[Path, typer.Option(help="per-iteration CSV to write (DVC plot)")],
+    plot: Annotated[Path, typer.Option(help="accuracy-per-iteration PNG to write")],
+    params: ParamsOpt = Path("params.yaml"),
+):
+    p = read_params(params)
+    from noisystudent.pipeline import summary_stage
+
+    s = summary_stage(p, evals, out, table, plot)
+    typer.echo(f"teacher {s['teacher_test_acc']:.4f} -> students {s['student_test_acc']}")
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,26 @@
+"""Stage train_teacher: supervised training on the labeled images (section `teacher`)."""
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from noisystudent.cli import ParamsOpt, app, read_params
+
+cli = app(__doc__)
+
+
+@cli.command()
+def main(
+    data: Annotated[Path, typer.Option(help="prepared data folder")],
+    out: Annotated[Path, typer.Option(help="checkpoint to write")],
+    metrics: Annotated[Path, typer.Option(help="training metrics JSON to write")],
+    params: ParamsOpt = Path("params.yaml"),
+):
+    p = read_params(params)
+    from noisystudent.pipeline import train_stage
+
+    train_stage(p, "teacher", data, out, metrics)
+
+
+if __name__ == "__main__":
+    cli()
