@@ -1,0 +1,109 @@
+"""Noisy vs un-noised students over several seeds (a benchmark, run by hand; not in CI).
+
+Runs the same stage functions `dvc repro` runs, in-process, in a temporary folder, once per
+seed with the student noise as in params.yaml and once with all student noise off, and prints
+JSON: per seed the teacher and student accuracies (validation and test), then mean +- std of
+the best student's gain over the teacher. Seeds vary the data split and the training seed.
+
+    python benchmarks/noise_ablation.py --seeds 0 1 2
+    python benchmarks/noise_ablation.py -S teacher.steps=300 -S noise.randaugment_m=12   # tuning (read val_*)
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("NS_QUIET", "1")
+
+from noisystudent.params import Params  # noqa: E402
+from noisystudent.pipeline import (  # noqa: E402
+    _accuracy, evaluate_stage, load_model, prepare_stage, pseudo_label_stage, select_stage, train_stage,
+)
+from noisystudent.data import Prepared  # noqa: E402
+
+NO_NOISE = {"noise.randaugment_n": 0, "noise.dropout": 0.0, "noise.drop_path": 0.0}
+
+
+def override(raw: dict, key: str, value) -> None:
+    node = raw
+    *path, last = key.split(".")
+    for k in path:
+        node = node[k]
+    node[last] = value
+
+
+def run_once(raw: dict, work: Path) -> dict:
+    p = Params.model_validate(raw)
+    data = work / "data"
+    prepare_stage(p, data)
+    train_stage(p, "teacher", data, work / "teacher.pt", work / "teacher.json")
+    out = {}
+    for name in p.eval.models:
+        if name != "teacher":
+            it = p.iterations[name]
+            pseudo_label_stage(p, name, data, work / f"{it.teacher}.pt", work / f"{name}_labels.parquet")
+            select_stage(p, name, data, work / f"{name}_labels.parquet", work / f"{name}_sel.parquet", work / f"{name}_sel.json")
+            train_stage(p, name, data, work / f"{name}.pt", work / f"{name}.json", work / f"{name}_sel.parquet")
+        m = evaluate_stage(p, name, data, work / f"{name}.pt", work / f"{name}_eval.json", work / f"{name}_pred.csv")
+        model, _ = load_model(work / f"{name}.pt")
+        out[name] = {"val": _accuracy(model, Prepared.load(data), "val"), "test": m["top1"]}
+    return out
+
+
+def main(
+    seeds: Annotated[list[int], typer.Option(help="seeds (data split and training)")] = [0, 1, 2],
+    set_: Annotated[list[str], typer.Option("-S", "--set", help="override params, key=value (YAML value)")] = [],
+    params: Annotated[Path, typer.Option(help="base params.yaml")] = Path("params.yaml"),
+    no_noise_only: bool = typer.Option(False, help="skip the noised runs"),
+):
+    base = yaml.safe_load(params.read_text())
+    base["mlflow"]["enabled"] = False
+    for s in set_:
+        k, v = s.split("=", 1)
+        override(base, k, yaml.safe_load(v))
+    results: dict[str, list] = {"noised": [], "no_noise": []}
+    t0 = time.perf_counter()
+    for variant in (["no_noise"] if no_noise_only else ["noised", "no_noise"]):
+        for seed in seeds:
+            raw = json.loads(json.dumps(base))
+            override(raw, "data.seed", seed)
+            override(raw, "train.seed", seed)
+            if variant == "no_noise":
+                for k, v in NO_NOISE.items():
+                    override(raw, k, v)
+            with tempfile.TemporaryDirectory() as d:
+                r = run_once(raw, Path(d))
+            students = [v for k, v in r.items() if k != "teacher"]
+            best = max(students, key=lambda s: s["val"])  # picked on validation, never on test
+            row = {"seed": seed, **{f"{k}_{s}": round(v[s], 4) for k, v in r.items() for s in ("val", "test")},
+                   "gain_test_best_val_student": round(best["test"] - r["teacher"]["test"], 4),
+                   "gain_test_best_student": round(max(s["test"] for s in students) - r["teacher"]["test"], 4)}
+            results[variant].append(row)
+            print(json.dumps({variant: row}), flush=True)
+    summary = {}
+    for variant, rows in results.items():
+        if not rows:
+            continue
+        for key in ("teacher_test", "gain_test_best_student", "gain_test_best_val_student"):
+            vals = [r[key] for r in rows]
+            summary[f"{variant}.{key}"] = {"mean": round(statistics.mean(vals), 4),
+                                           "std": round(statistics.stdev(vals), 4) if len(vals) > 1 else 0.0}
+        best = [max(r[k] for k in r if k.endswith("_test") and not k.startswith("teacher")) for r in rows]
+        summary[f"{variant}.best_student_test"] = {"mean": round(statistics.mean(best), 4),
+                                                   "std": round(statistics.stdev(best), 4) if len(best) > 1 else 0.0}
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps({"overrides": set_, "seeds": seeds, "summary": summary}, indent=2))
+
+
+if __name__ == "__main__":
+    typer.run(main)

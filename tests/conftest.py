@@ -1,0 +1,49 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ["NS_QUIET"] = "1"
+for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+    os.environ.pop(var, None)
+
+TINY = {
+    "data": {"labeled_per_class": 3, "val_per_class": 5, "test_per_class": 10, "image_size": 8},
+    "teacher": {"arch": "ns_resnet_xs", "steps": 15},
+    "student": {"steps": 10, "batch_ratio": 2},
+    "train": {"batch_size": 16, "warmup_steps": 2},
+    "select": {"per_class": 20, "threshold": 0.1},
+    "iterations": {"s1": {"teacher": "teacher", "arch": "ns_resnet_xs"}, "s2": {"teacher": "s1", "arch": "ns_resnet_xs"}},
+    "eval": {"models": ["teacher", "s1", "s2"]},
+    "mlflow": {"enabled": False},
+}
+
+
+def tiny_raw(**overrides) -> dict:
+    import copy
+
+    raw = copy.deepcopy(TINY)
+    for key, value in overrides.items():
+        node = raw
+        *path, last = key.split("__")
+        for k in path:
+            node = node.setdefault(k, {})
+        node[last] = value
+    return raw
+
+
+@pytest.fixture
+def tiny_params():
+    from noisystudent.params import Params
+
+    return lambda **kw: Params.model_validate(tiny_raw(**kw))
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri

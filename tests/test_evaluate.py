@@ -1,0 +1,27 @@
+import numpy as np
+
+from noisystudent.evaluate import classification_metrics, confusion_matrix, expected_calibration_error, topk_accuracy
+
+
+def test_ece_hand_computed():
+    # two bins used: conf 0.9 (2 images, 1 right) and conf 0.6 (2 images, 2 right)
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.4, 0.6]])
+    labels = np.array([0, 1, 0, 1])
+    # |0.5 - 0.9| * 2/4 + |1.0 - 0.6| * 2/4 = 0.2 + 0.2
+    assert np.isclose(expected_calibration_error(probs, labels, bins=10), 0.4)
+
+
+def test_topk_and_confusion():
+    probs = np.array([[0.5, 0.3, 0.2], [0.1, 0.2, 0.7], [0.6, 0.3, 0.1]])
+    labels = np.array([1, 2, 2])
+    assert topk_accuracy(probs, labels, 1) == 1 / 3
+    assert topk_accuracy(probs, labels, 2) == 2 / 3
+    cm = confusion_matrix(labels, probs.argmax(1), 3)
+    assert cm.tolist() == [[0, 0, 0], [1, 0, 0], [1, 0, 1]]
+
+
+def test_classification_metrics_per_class():
+    logits = np.log(np.array([[0.8, 0.2], [0.3, 0.7], [0.9, 0.1]]))
+    m = classification_metrics(logits, np.array([0, 1, 1]), 2)
+    assert np.isclose(m["top1"], 2 / 3)
+    assert m["per_class_acc"] == {"0": 1.0, "1": 0.5}

@@ -1,0 +1,83 @@
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from noisystudent.params import ParamsError, load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path, raw) -> Path:
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml.safe_dump(raw))
+    return f
+
+
+def default_raw() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_repository_params_are_valid():
+    p = load_params(ROOT / "params.yaml")
+    assert list(p.iterations) == ["s1", "s2", "s3"]
+    assert p.eval.models == ["teacher", "s1", "s2", "s3"]
+    assert p.arch_of("s2") == p.iterations["s2"].arch
+
+
+@pytest.mark.parametrize(
+    "mutate, key",
+    [
+        (lambda r: r["noise"].__setitem__("dropout", 1.5), "noise.dropout"),
+        (lambda r: r["noise"].__setitem__("droput", 0.1), "noise.droput: unknown key"),
+        (lambda r: r.__setitem__("nosie", {}), "nosie: unknown key"),
+        (lambda r: r["teacher"].__setitem__("arch", "resnet_does_not_exist"), "teacher.arch: unknown timm model"),
+        (lambda r: r["iterations"]["s2"].__setitem__("arch", "nope"), "iterations.s2.arch: unknown timm model"),
+        (lambda r: r["iterations"]["s2"].__setitem__("teacher", "s9"), "iterations"),
+        (lambda r: r["train"].__setitem__("batch_size", 0), "train.batch_size"),
+        (lambda r: r["train"].__setitem__("lr", "fast"), "train.lr"),
+        (lambda r: r["select"].__setitem__("threshold", -0.1), "select.threshold"),
+        (lambda r: r["student"].__setitem__("targets", "fuzzy"), "student.targets"),
+        (lambda r: r["eval"].__setitem__("models", ["teacher", "s1"]), "eval.models"),
+        (lambda r: r["noise"].__setitem__("randaugment_m", 31), "noise.randaugment_m"),
+    ],
+)
+def test_bad_value_names_the_key(tmp_path, mutate, key):
+    raw = default_raw()
+    mutate(raw)
+    with pytest.raises(ParamsError) as e:
+        load_params(write(tmp_path, raw))
+    assert key in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("data: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(tmp_path / "bad.yaml")
+
+
+def test_stage_with_bad_params_fails_in_one_line_and_writes_nothing(tmp_path):
+    from stages.prepare import cli
+
+    raw = default_raw()
+    raw["noise"]["dropout"] = 1.5
+    out = tmp_path / "prepared"
+    result = CliRunner().invoke(cli, ["--out", str(out), "--params", str(write(tmp_path, raw))])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "noise.dropout" in lines[0], result.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("stage", ["prepare", "train_teacher", "pseudo_label", "select", "train_student", "evaluate", "summary"])
+def test_every_stage_has_help(stage):
+    import importlib
+
+    cli = importlib.import_module(f"stages.{stage}").cli
+    result = CliRunner().invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    assert "--params" in result.output

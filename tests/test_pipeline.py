@@ -1,0 +1,84 @@
+"""The stage functions in-process on tiny params (fast); the real `dvc repro` is in test_e2e."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from noisystudent.io import load_checkpoint
+from noisystudent.pipeline import evaluate_stage, prepare_stage, pseudo_label_stage, select_stage, summary_stage, train_stage
+
+
+def run_all(p, root):
+    data = root / "data"
+    prepare_stage(p, data)
+    train_stage(p, "teacher", data, root / "models/teacher.pt", root / "metrics/train/teacher.json")
+    for name, it in p.iterations.items():
+        pseudo_label_stage(p, name, data, root / f"models/{it.teacher}.pt", root / f"pseudo/{name}/labels.parquet")
+        select_stage(p, name, data, root / f"pseudo/{name}/labels.parquet", root / f"pseudo/{name}/selected.parquet", root / f"metrics/select/{name}.json")
+        train_stage(p, name, data, root / f"models/{name}.pt", root / f"metrics/train/{name}.json", root / f"pseudo/{name}/selected.parquet")
+    for name in p.eval.models:
+        evaluate_stage(p, name, data, root / f"models/{name}.pt", root / f"metrics/eval/{name}.json", root / f"metrics/eval/{name}_predictions.csv")
+    return summary_stage(p, root / "metrics/eval", root / "metrics/summary.json", root / "metrics/summary.csv", root / "metrics/summary.png")
+
+
+def test_tiny_pipeline_outputs_and_determinism(tmp_path, tiny_params):
+    p = tiny_params()
+    s = run_all(p, tmp_path / "a")
+    assert set(s) >= {"teacher_test_acc", "best_student_test_acc", "student_test_acc"}
+    assert len(s["student_test_acc"]) == 2
+    assert all(0 <= a <= 1 for a in [s["teacher_test_acc"], s["best_student_test_acc"], *s["student_test_acc"]])
+
+    labels = pd.read_parquet(tmp_path / "a/pseudo/s1/labels.parquet")
+    assert list(labels.columns) == ["id", "probs", "label", "confidence"]
+    unl = pd.read_parquet(tmp_path / "a/data/unlabeled.parquet")
+    assert sorted(labels["id"]) == sorted(unl["id"])  # every unlabeled image, once
+    assert np.allclose(np.stack(labels["probs"]).sum(1), 1, atol=1e-5)
+
+    sel = json.loads((tmp_path / "a/metrics/select/s1.json").read_text())
+    assert 0 <= sel["pseudo_label_acc_all"] <= 1 and sel["unique"] <= sel["kept_after_threshold"]
+
+    ev = json.loads((tmp_path / "a/metrics/eval/s2.json").read_text())
+    assert {"top1", "top5", "ece", "per_class_acc"} <= set(ev)
+    assert (tmp_path / "a/metrics/summary.png").read_bytes()[:4] == b"\x89PNG"
+    ck = load_checkpoint(tmp_path / "a/models/s1.pt")
+    assert ck["arch"] == "ns_resnet_xs" and ck["name"] == "s1"
+
+    # same params and seed, same machine: the same summary, byte for byte
+    run_all(p, tmp_path / "b")
+    assert (tmp_path / "a/metrics/summary.json").read_text() == (tmp_path / "b/metrics/summary.json").read_text()
+
+
+def test_pseudo_labels_use_the_unnoised_teacher(tmp_path, tiny_params):
+    # a teacher trained with heavy dropout and stochastic depth must still label deterministically
+    p = tiny_params(teacher__dropout=0.9, teacher__drop_path=0.5)
+    data = tmp_path / "data"
+    prepare_stage(p, data)
+    train_stage(p, "teacher", data, tmp_path / "t.pt", tmp_path / "t.json")
+    a = pseudo_label_stage(p, "s1", data, tmp_path / "t.pt", tmp_path / "a.parquet")
+    b = pseudo_label_stage(p, "s1", data, tmp_path / "t.pt", tmp_path / "b.parquet")
+    assert np.array_equal(np.stack(a["probs"]), np.stack(b["probs"]))
+
+
+def test_hard_targets_are_one_hot(tmp_path, tiny_params):
+    from noisystudent.pipeline import _pseudo_targets
+
+    sel = pd.DataFrame({"id": [0, 1], "probs": [np.array([0.6, 0.4], np.float32)] * 2, "label": [0, 1], "confidence": [0.6, 0.6]})
+    assert np.allclose(_pseudo_targets(sel, 2, "soft", 0.1), [[0.6, 0.4], [0.6, 0.4]])
+    assert np.allclose(_pseudo_targets(sel, 2, "hard", 0.0), [[1, 0], [0, 1]])
+
+
+def test_malicious_checkpoint_is_refused(tmp_path):
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    bad = tmp_path / "evil.pt"
+    bad.write_bytes(pickle.dumps({"state_dict": Evil()}))
+    with pytest.raises(ValueError, match="refused to load"):
+        load_checkpoint(bad)
+    assert not marker.exists()

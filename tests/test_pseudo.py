@@ -1,0 +1,96 @@
+import numpy as np
+import pandas as pd
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from noisystudent.pseudo import balance, copies_per_image, filter_confident, pseudo_label_frame, select, selection_stats
+
+
+def frame_from(labels, conf):
+    n = len(labels)
+    return pd.DataFrame({"id": np.arange(n), "probs": [np.zeros(3, np.float32)] * n, "label": labels, "confidence": conf})
+
+
+def test_pseudo_label_frame_softmax_with_temperature():
+    logits = np.array([[2.0, 0.0, 0.0], [0.0, 0.0, 5.0]])
+    f = pseudo_label_frame(np.array([7, 9]), logits, temperature=1.0)
+    assert list(f["id"]) == [7, 9] and list(f["label"]) == [0, 2]
+    p0 = np.exp(2) / (np.exp(2) + 2)
+    assert np.isclose(f["confidence"][0], p0, atol=1e-6)
+    assert np.allclose(np.stack(f["probs"]).sum(1), 1, atol=1e-6)
+    hot = pseudo_label_frame(np.array([7, 9]), logits, temperature=2.0)
+    assert hot["confidence"][0] < f["confidence"][0]  # higher T, softer labels
+
+
+def test_threshold_filter():
+    f = frame_from([0, 1, 2], [0.2, 0.3, 0.9])
+    assert list(filter_confident(f, 0.3)["id"]) == [1, 2]
+
+
+def test_overfull_class_keeps_only_most_confident():
+    conf = np.array([0.99, 0.98, 0.97, 0.50, 0.40, 0.35])
+    copies = copies_per_image(conf, per_class=2, min_threshold=0.3, rng=np.random.default_rng(0))
+    # scan: at 0.98 two images qualify -> exactly those two, one copy each
+    assert list(copies) == [1, 1, 0, 0, 0, 0]
+
+
+def test_downsampling_is_random_among_the_confident():
+    conf = np.array([0.995] * 10 + [0.5] * 5)
+    copies = copies_per_image(conf, per_class=4, min_threshold=0.3, rng=np.random.default_rng(1))
+    assert copies[10:].sum() == 0  # never the less confident ones
+    assert set(np.unique(copies[:10])) <= {0, 1}
+
+
+def test_underfull_class_is_duplicated():
+    conf = np.array([0.9, 0.8, 0.4])
+    copies = copies_per_image(conf, per_class=7, min_threshold=0.3, rng=np.random.default_rng(0))
+    # 7 / 3 = 2.33 copies each: 2 or 3
+    assert set(copies) <= {2, 3}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 4), st.floats(0.2, 1.0)), min_size=1, max_size=300),
+    st.integers(1, 80),
+    st.integers(0, 2**31 - 1),
+)
+def test_balance_properties(rows, per_class, seed):
+    labels = np.array([r[0] for r in rows])
+    conf = np.array([r[1] for r in rows])
+    f = frame_from(labels, conf)
+    out = select(f, 0.3, per_class, 5, seed)
+    # every selected row passed the threshold and is a real input row
+    assert (out["confidence"] >= 0.3).all()
+    assert set(out["id"]) <= set(f["id"])
+    # pure: same seed, same result
+    pd.testing.assert_frame_equal(out, select(f, 0.3, per_class, 5, seed))
+    for c in range(5):
+        have = int(((labels == c) & (conf >= 0.3)).sum())
+        got = out[out["label"] == c]
+        if have == 0:
+            assert len(got) == 0
+            continue
+        # expected count is per_class; the randomised fractional copies stay within +-kept
+        kept = got["id"].nunique()
+        assert abs(len(got) - per_class) <= kept
+        counts = got["id"].value_counts()
+        assert counts.max() - counts.min() <= 1  # copies differ by at most one
+        eligible = np.sort(conf[(labels == c) & (conf >= 0.3)])[::-1]
+        if have >= per_class:
+            # over-full: only images at or above the grid threshold where the class first
+            # holds per_class images, i.e. floor(k-th largest confidence, 0.01)
+            t = np.floor(eligible[per_class - 1] * 100 + 1e-9) / 100
+            assert (got["confidence"] >= t - 1e-9).all()
+        else:
+            # under-full: every eligible image is kept, duplicated
+            assert kept == have
+
+
+def test_selection_stats_accuracy_against_hidden_labels():
+    f = frame_from([0, 1, 1, 2], [0.9, 0.9, 0.9, 0.9])
+    truth = pd.DataFrame({"id": [0, 1, 2, 3], "label": [0, 1, 0, 0]})
+    sel = balance(f, 2, 3, 0.3, 0)
+    s = selection_stats(f, 4, sel, 3, truth)
+    assert s["pseudo_label_acc_all"] == 0.5
+    assert s["unique"] == 4 and s["selected"] == 6
+    assert s["per_class"] == {"0": 2, "1": 2, "2": 2}

@@ -1,0 +1,89 @@
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from noisystudent.train import CycleBatchSampler, FitConfig, fit, lr_at, predict_logits, soft_cross_entropy
+
+
+def test_soft_ce_equals_ce_for_one_hot():
+    logits = torch.randn(6, 4)
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    assert torch.allclose(soft_cross_entropy(logits, torch.nn.functional.one_hot(y, 4).float()),
+                          torch.nn.functional.cross_entropy(logits, y), atol=1e-6)
+
+
+def test_cycle_sampler_covers_every_image_evenly():
+    g = torch.Generator().manual_seed(0)
+    batches = list(CycleBatchSampler(n=10, batch_size=4, steps=5, generator=g))
+    assert len(batches) == 5 and all(len(b) == 4 for b in batches)
+    seen = np.bincount(np.concatenate(batches), minlength=10)
+    assert seen.tolist() == [2] * 10  # 20 draws = two full permutations
+
+
+def test_sampler_when_batch_larger_than_dataset():
+    g = torch.Generator().manual_seed(0)
+    (b,) = list(CycleBatchSampler(n=3, batch_size=7, steps=1, generator=g))
+    assert len(b) == 7 and set(b) == {0, 1, 2}
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = FitConfig(steps=100, batch_size=1, lr=1.0, warmup_steps=10)
+    assert lr_at(0, cfg) == 0.1 and lr_at(9, cfg) == 1.0
+    assert lr_at(10, cfg) == 1.0 and lr_at(99, cfg) < 0.01
+
+
+def _toy(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 2, generator=g)
+    y = (x[:, 0] > 0).long()
+    return x, y
+
+
+class Linear(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(2, 2)
+        self.drop = torch.nn.Dropout(0.5)
+
+    def forward(self, x):
+        return self.fc(self.drop(x))
+
+
+def test_one_loop_learns_teacher_and_student_roles():
+    x, y = _toy()
+    onehot = torch.nn.functional.one_hot(y, 2).float()
+    cfg = FitConfig(steps=150, batch_size=16, lr=0.5, warmup_steps=5, batch_ratio=3, seed=0)
+    teacher = Linear()
+    fit(teacher, TensorDataset(x, onehot), cfg)
+    t_logits, _ = predict_logits(teacher, torch.utils.data.DataLoader(TensorDataset(x, y), batch_size=32))
+    assert (t_logits.argmax(1) == y).float().mean() > 0.9
+    # the student trains on soft targets from the teacher through the same function
+    xu, _ = _toy(128, seed=1)
+    soft = torch.softmax(teacher.eval()(xu), 1).detach()
+    student = Linear()
+    figs = fit(student, TensorDataset(x, onehot), cfg, pseudo=TensorDataset(xu, soft))
+    assert figs["loss_pseudo"] > 0
+    s_logits, _ = predict_logits(student, torch.utils.data.DataLoader(TensorDataset(x, y), batch_size=32))
+    assert (s_logits.argmax(1) == y).float().mean() > 0.9
+
+
+def test_fit_is_deterministic_for_a_seed():
+    x, y = _toy()
+    ds = TensorDataset(x, torch.nn.functional.one_hot(y, 2).float())
+    cfg = FitConfig(steps=20, batch_size=8, lr=0.1, seed=3)
+    a, b = Linear(), Linear()
+    b.load_state_dict(a.state_dict())
+    fit(a, ds, cfg)
+    fit(b, ds, cfg)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+
+
+def test_predict_is_unnoised():
+    model = Linear()
+    model.train()
+    loader = torch.utils.data.DataLoader(TensorDataset(torch.randn(8, 2), torch.arange(8)), batch_size=4)
+    a, ids = predict_logits(model, loader)
+    b, _ = predict_logits(model, loader)
+    assert torch.equal(a, b) and not model.training  # dropout off: identical twice
+    assert ids.tolist() == list(range(8))
