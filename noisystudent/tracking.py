@@ -30,6 +30,15 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
 
 
+def artifact_location() -> str | None:
+    """Beside a SQLite store (never MLflow's default ./mlruns in whatever the cwd is);
+    a tracking server chooses its own."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
 def _launcher() -> tuple[int, float] | None:
     """The `dvc` process above us, if any (pid, start time)."""
     try:
@@ -102,10 +111,7 @@ class StageRun:
         self.client = MlflowClient(tracking_uri())
         exp = self.client.get_experiment_by_name(self.experiment)
         if exp is None:
-            art = None
-            if not os.environ.get("MLFLOW_TRACKING_URI"):
-                art = (repo_root() / "mlartifacts").as_uri()
-            exp_id = self.client.create_experiment(self.experiment, artifact_location=art)
+            exp_id = self.client.create_experiment(self.experiment, artifact_location=artifact_location())
         else:
             exp_id = exp.experiment_id
         parent = self._parent(exp_id)

@@ -14,6 +14,7 @@ TINY = {
     "data": {"labeled_per_class": 3, "val_per_class": 5, "test_per_class": 10, "image_size": 8},
     "teacher": {"arch": "ns_resnet_xs", "steps": 15},
     "student": {"steps": 10, "batch_ratio": 2},
+    "noise": {"dropout": 0.2},
     "train": {"batch_size": 16, "warmup_steps": 2},
     "select": {"per_class": 20, "threshold": 0.1},
     "iterations": {"s1": {"teacher": "teacher", "arch": "ns_resnet_xs"}, "s2": {"teacher": "s1", "arch": "ns_resnet_xs"}},

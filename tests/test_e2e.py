@@ -1,0 +1,137 @@
+"""The real pipeline through the real tools: dvc repro, dvc exp run (workspace and queued),
+dvc metrics/params diff, and the MLflow run tree they leave. Tiny params; a few minutes."""
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, tiny_raw
+
+pytestmark = pytest.mark.slow
+
+FIRST_ITER = {"prepare", "train_teacher", "pseudo_label@s1", "select@s1", "evaluate@teacher"}
+STUDENT_SIDE = {"train_student@s1", "pseudo_label@s2", "select@s2", "train_student@s2", "evaluate@s1", "evaluate@s2", "summary"}
+
+
+def sh(args, cwd, env, check=True, timeout=600):
+    r = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{args} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r.stdout + r.stderr
+
+
+def dvc(*args, cwd, env, **kw):
+    return sh([sys.executable, "-m", "dvc", *args], cwd, env, **kw)
+
+
+def ran(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    dst = tmp_path_factory.mktemp("e2e") / "repo"
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if f.startswith(("metrics/", "data/", "models/")) or f == "dvc.lock" or not (ROOT / f).is_file():
+            continue  # start from a fresh clone's state, without our results
+        (dst / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, dst / f)
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in tiny_raw(mlflow={"enabled": True, "experiment": "e2e"}).items():
+        raw[section] = values if section in ("iterations",) else {**raw[section], **values}
+    (dst / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # `python` in dvc.yaml = this interpreter
+    env["NS_QUIET"] = "1"
+    for args in (["init", "-q"], ["config", "user.email", "t@example.com"], ["config", "user.name", "t"]):
+        sh(["git", *args], dst, env)
+    sh(["git", "add", "-A"], dst, env)
+    sh(["git", "commit", "-qm", "init"], dst, env)
+    return dst, env
+
+
+def mlflow_runs(root: Path):
+    con = sqlite3.connect(root / "mlflow.db")
+    rows = con.execute(
+        "select r.run_uuid, r.name, "
+        " (select value from tags t where t.run_uuid = r.run_uuid and t.key = 'mlflow.parentRunId'),"
+        " (select value from tags t where t.run_uuid = r.run_uuid and t.key = 'dvc_exp_name')"
+        " from runs r"
+    ).fetchall()
+    con.close()
+    return rows
+
+
+def test_repro_experiment_queue_and_mlflow(repo):
+    root, env = repo
+    out = dvc("repro", cwd=root, env=env)
+    assert ran(out) == FIRST_ITER | STUDENT_SIDE
+    summary = json.loads((root / "metrics/summary.json").read_text())
+    assert len(summary["student_test_acc"]) == 2
+    assert all(0 <= v <= 1 for v in (summary["teacher_test_acc"], summary["best_student_test_acc"]))
+
+    # nothing changed: nothing runs
+    again = dvc("repro", cwd=root, env=env)
+    assert ran(again) == set(), again
+    sh(["git", "add", "-A"], root, env)
+    sh(["git", "commit", "-qm", "baseline"], root, env)
+
+    # student noise changed: only the student side re-runs
+    exp = dvc("exp", "run", "-S", "noise.dropout=0.5", cwd=root, env=env)
+    assert ran(exp) == STUDENT_SIDE, exp
+    metrics_diff = dvc("metrics", "diff", cwd=root, env=env)
+    assert "metrics/summary.json" in metrics_diff and "best_student_test_acc" in metrics_diff
+    params_diff = dvc("params", "diff", cwd=root, env=env)
+    assert re.search(r"noise\.dropout\s+0\.2\s+0\.5", params_diff), params_diff
+
+    # a queued experiment runs in a temporary copy and still logs into this repository's store
+    dvc("exp", "run", "--queue", "-S", "select.per_class=15", "-n", "queued-exp", cwd=root, env=env)
+    dvc("queue", "start", cwd=root, env=env)
+    deadline = time.time() + 420
+    while time.time() < deadline:
+        status = dvc("queue", "status", cwd=root, env=env)
+        if "queued-exp" in status and re.search(r"queued-exp\s+\S+\s+\S+\s+(Success|Failed)", status):
+            break
+        time.sleep(5)
+    dvc("queue", "stop", "--kill", cwd=root, env=env, check=False)
+    assert re.search(r"queued-exp\s+\S+\s+\S+\s+Success", status), status
+    shown = dvc("exp", "show", "--md", cwd=root, env=env)
+    assert "queued-exp" in shown
+
+    runs = mlflow_runs(root)
+    parents = {r[0]: r for r in runs if r[2] is None}
+    children = [r for r in runs if r[2] is not None]
+    assert len(parents) == 3, parents  # repro, workspace experiment, queued experiment
+    by_parent: dict[str, set[str]] = {}
+    for _, name, parent, _ in children:
+        by_parent.setdefault(parent, set()).add(name)
+    assert sorted(len(v) for v in by_parent.values()) == sorted([len(FIRST_ITER | STUDENT_SIDE), len(STUDENT_SIDE), len(by_parent[[p for p, r in parents.items() if r[3] == "queued-exp"][0]])])
+    assert FIRST_ITER | STUDENT_SIDE in by_parent.values()
+    assert STUDENT_SIDE in by_parent.values()
+    queued = [p for p, r in parents.items() if r[3] == "queued-exp"]
+    assert len(queued) == 1 and {"select@s1", "select@s2"} <= by_parent[queued[0]]
+    assert not (root / "mlruns").exists()
+
+
+def test_bad_param_fails_stage_and_writes_nothing(repo, tmp_path):
+    root, env = repo
+    bad = tmp_path / "bad"
+    shutil.copytree(root, bad, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"))
+    raw = yaml.safe_load((bad / "params.yaml").read_text())
+    raw["teacher"]["arch"] = "no_such_model"
+    (bad / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    before = (bad / "models/teacher.pt").read_bytes()
+    out = dvc("repro", "train_teacher", cwd=bad, env=env, check=False)
+    assert "teacher.arch: unknown timm model 'no_such_model'" in out
+    # DVC removes a stage's outputs before running it; none is half-written or re-created
+    assert not (bad / "models/teacher.pt").exists() or (bad / "models/teacher.pt").read_bytes() == before
