@@ -64,7 +64,7 @@ def main(
     seeds: Annotated[list[int], typer.Option(help="seeds (data split and training)")] = [0, 1, 2],
     set_: Annotated[list[str], typer.Option("-S", "--set", help="override params, key=value (YAML value)")] = [],
     params: Annotated[Path, typer.Option(help="base params.yaml")] = Path("params.yaml"),
-    no_noise_only: bool = typer.Option(False, help="skip the noised runs"),
+    variants: Annotated[list[str], typer.Option(help="noised and/or no_noise")] = ["noised", "no_noise"],
 ):
     base = yaml.safe_load(params.read_text())
     base["mlflow"]["enabled"] = False
@@ -73,7 +73,7 @@ def main(
         override(base, k, yaml.safe_load(v))
     results: dict[str, list] = {"noised": [], "no_noise": []}
     t0 = time.perf_counter()
-    for variant in (["no_noise"] if no_noise_only else ["noised", "no_noise"]):
+    for variant in variants:
         for seed in seeds:
             raw = json.loads(json.dumps(base))
             override(raw, "data.seed", seed)

@@ -12,11 +12,11 @@ from noisystudent.pipeline import evaluate_stage, prepare_stage, pseudo_label_st
 def run_all(p, root):
     data = root / "data"
     prepare_stage(p, data)
-    train_stage(p, "teacher", data, root / "models/teacher.pt", root / "metrics/train/teacher.json")
+    train_stage(p, "teacher", data, root / "models/teacher.pt", root / "metrics/teacher/train.json")
     for name, it in p.iterations.items():
         pseudo_label_stage(p, name, data, root / f"models/{it.teacher}.pt", root / f"pseudo/{name}/labels.parquet")
-        select_stage(p, name, data, root / f"pseudo/{name}/labels.parquet", root / f"pseudo/{name}/selected.parquet", root / f"metrics/select/{name}.json")
-        train_stage(p, name, data, root / f"models/{name}.pt", root / f"metrics/train/{name}.json", root / f"pseudo/{name}/selected.parquet")
+        select_stage(p, name, data, root / f"pseudo/{name}/labels.parquet", root / f"pseudo/{name}/selected.parquet", root / f"metrics/{name}/select.json")
+        train_stage(p, name, data, root / f"models/{name}.pt", root / f"metrics/{name}/train.json", root / f"pseudo/{name}/selected.parquet")
     for name in p.eval.models:
         evaluate_stage(p, name, data, root / f"models/{name}.pt", root / f"metrics/eval/{name}.json", root / f"metrics/eval/{name}_predictions.csv")
     return summary_stage(p, root / "metrics/eval", root / "metrics/summary.json", root / "metrics/summary.csv", root / "metrics/summary.png")
@@ -35,7 +35,7 @@ def test_tiny_pipeline_outputs_and_determinism(tmp_path, tiny_params):
     assert sorted(labels["id"]) == sorted(unl["id"])  # every unlabeled image, once
     assert np.allclose(np.stack(labels["probs"]).sum(1), 1, atol=1e-5)
 
-    sel = json.loads((tmp_path / "a/metrics/select/s1.json").read_text())
+    sel = json.loads((tmp_path / "a/metrics/s1/select.json").read_text())
     assert 0 <= sel["pseudo_label_acc_all"] <= 1 and sel["unique"] <= sel["kept_after_threshold"]
 
     ev = json.loads((tmp_path / "a/metrics/eval/s2.json").read_text())
