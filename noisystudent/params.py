@@ -150,7 +150,7 @@ def _describe(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
         if "input" in e and e["type"] != "extra_forbidden" and not isinstance(e["input"], dict):
             msg += f" (got {e['input']!r})"
         lines.append(f"{key}: {msg}" if key else msg)
