@@ -32,6 +32,7 @@ from noisystudent.pipeline import (  # noqa: E402
 from noisystudent.data import Prepared  # noqa: E402
 
 NO_NOISE = {"noise.randaugment_n": 0, "noise.dropout": 0.0, "noise.drop_path": 0.0}
+NOISE_KEYS = ("randaugment_n", "randaugment_m", "dropout", "drop_path")
 
 
 def override(raw: dict, key: str, value) -> None:
@@ -64,23 +65,28 @@ def main(
     seeds: Annotated[list[int], typer.Option(help="seeds (data split and training)")] = [0, 1, 2],
     set_: Annotated[list[str], typer.Option("-S", "--set", help="override params, key=value (YAML value)")] = [],
     params: Annotated[Path, typer.Option(help="base params.yaml")] = Path("params.yaml"),
-    variants: Annotated[list[str], typer.Option(help="noised and/or no_noise")] = ["noised", "no_noise"],
+    variants: Annotated[list[str], typer.Option(help="noised, no_noise, noised_teacher")] = ["noised", "no_noise"],
 ):
     base = yaml.safe_load(params.read_text())
     base["mlflow"]["enabled"] = False
     for s in set_:
         k, v = s.split("=", 1)
         override(base, k, yaml.safe_load(v))
-    results: dict[str, list] = {"noised": [], "no_noise": []}
+    results: dict[str, list] = {v: [] for v in variants}
     t0 = time.perf_counter()
     for variant in variants:
         for seed in seeds:
             raw = json.loads(json.dumps(base))
             override(raw, "data.seed", seed)
             override(raw, "train.seed", seed)
-            if variant == "no_noise":
+            if variant == "no_noise":  # students without any noise
                 for k, v in NO_NOISE.items():
                     override(raw, k, v)
+            elif variant == "noised_teacher":  # the teacher trained with the students' noise too
+                for k in NOISE_KEYS:
+                    override(raw, f"teacher.{k}", raw["noise"][k])
+            elif variant != "noised":
+                raise typer.BadParameter(f"unknown variant {variant!r}: noised, no_noise or noised_teacher")
             with tempfile.TemporaryDirectory() as d:
                 r = run_once(raw, Path(d))
             students = [v for k, v in r.items() if k != "teacher"]

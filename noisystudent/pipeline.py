@@ -46,7 +46,7 @@ def _loader(data: D.Prepared, ids: np.ndarray, targets: np.ndarray | None, batch
 def _accuracy(model: torch.nn.Module, data: D.Prepared, split: str, batch_size: int = 256) -> float:
     frame = data.split(split)
     was = model.training
-    logits, _ = predict_logits(model, _loader(data, frame["id"].to_numpy(), None, batch_size), desc=f"eval {split}")
+    logits, _ = predict_logits(model, _loader(data, frame["id"].to_numpy(), None, batch_size), desc=None)
     acc = float((logits.argmax(1).numpy() == frame["label"].to_numpy()).mean())
     model.train(was)
     return acc

@@ -18,8 +18,8 @@ class _Bar:
 
 
 @contextmanager
-def progress(desc: str, total: int) -> Iterator[_Bar]:
-    if os.environ.get("NS_QUIET") == "1":
+def progress(desc: str, total: int, enabled: bool = True) -> Iterator[_Bar]:
+    if not enabled or os.environ.get("NS_QUIET") == "1":
         yield _Bar(None, None)
         return
     cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())

@@ -127,12 +127,13 @@ def fit(
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, loader: DataLoader, desc: str = "predict") -> tuple[torch.Tensor, torch.Tensor]:
+def predict_logits(model: nn.Module, loader: DataLoader, desc: str | None = "predict") -> tuple[torch.Tensor, torch.Tensor]:
     """Un-noised predictions: eval mode (no dropout, no stochastic depth) under inference_mode.
-    The loader must use the eval transform. Returns (logits, ids or labels) in loader order."""
+    The loader must use the eval transform. Returns (logits, ids or labels) in loader order.
+    desc=None: no progress bar (quick checks inside training)."""
     model.eval()
     outs, keys = [], []
-    with progress(desc, total=len(loader)) as bar:
+    with progress(desc or "", total=len(loader), enabled=desc is not None) as bar:
         for x, k in loader:
             outs.append(model(x).float())
             keys.append(k)
