@@ -40,7 +40,7 @@ class NoiseParams(_Section):
     """Student noise: input noise (RandAugment) and model noise (dropout, stochastic depth)."""
     randaugment_n: Annotated[int, Field(ge=0, le=10)] = 2
     randaugment_m: Annotated[float, Field(ge=0, le=30)] = 9.0  # > 10 extrapolates, as the paper
-    dropout: Prob = 0.5
+    dropout: Prob = 0.3
     drop_path: Prob = 0.2
 
 
@@ -49,10 +49,7 @@ class TeacherParams(NoiseParams):
     that changing the student's noise leaves the teacher cached."""
     arch: str = "ns_resnet_s"
     steps: PosInt = 400
-    randaugment_n: Annotated[int, Field(ge=0, le=10)] = 0
-    randaugment_m: Annotated[float, Field(ge=0, le=30)] = 0.0
-    dropout: Prob = 0.0
-    drop_path: Prob = 0.0
+    dropout: Prob = 0.5
 
 
 class TrainParams(_Section):
@@ -74,7 +71,7 @@ class PseudoParams(_Section):
 
 class SelectParams(_Section):
     threshold: Prob = 0.3
-    per_class: PosInt = 100
+    per_class: PosInt = 200
     seed: int = 0
 
 
