@@ -213,7 +213,7 @@ def summary_stage(p: Params, eval_dir: Path, out: Path, table_out: Path, png_out
         "student_test_acc": [float(a) for a in students["test_acc"]],
         "best_student_test_acc": float(students["test_acc"].max()),
         "best_student": str(students.loc[students["test_acc"].idxmax(), "model"]),
-        "gain_over_teacher": float(students["test_acc"].max() - table.loc[0, "test_acc"]),
+        "gain_over_teacher": round(float(students["test_acc"].max() - table.loc[0, "test_acc"]), 6),
     }
     with _tracker(p, "summary") as run:
         atomic_write_json(out, summary)
