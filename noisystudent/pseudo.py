@@ -28,10 +28,16 @@ def copies_per_image(confidence: np.ndarray, per_class: int, min_threshold: floa
     """The official balancing for ONE class (filter_unlabel.py in google-research/noisystudent).
 
     Thresholds are scanned from 1.00 down to `min_threshold` in steps of 0.01 until at least
-    `per_class` images lie at or above the threshold; every such image then gets
+    `per_class` images lie at or above the threshold; each such image then gets
     per_class / kept copies: the integer part, plus one more with probability equal to the
     fractional part. An over-full class is thus randomly down-sampled among its most
     confident images, an under-full one duplicated. Returns copies per input image.
+
+    One change: the official code draws the extra copy independently per image, so a class
+    holds per_class images only on average (an over-full class can even end up empty). Here
+    exactly round(frac * kept) images, chosen uniformly without replacement, get the extra
+    copy: every image keeps the official probability of an extra copy, and every class holds
+    exactly `per_class` images.
     """
     conf = np.asarray(confidence, dtype=np.float64)
     copies = np.zeros(len(conf), dtype=np.int64)
@@ -43,13 +49,12 @@ def copies_per_image(confidence: np.ndarray, per_class: int, min_threshold: floa
         keep = conf >= t / 100 - 1e-12
         if keep.sum() >= per_class:
             break
-    kept = int(keep.sum())
-    if kept == 0:
+    kept_idx = np.flatnonzero(keep)
+    if len(kept_idx) == 0:
         return copies
-    ratio = per_class / kept
-    whole = int(np.floor(ratio))
-    extra = rng.random(kept) < (ratio - whole)
-    copies[keep] = whole + extra.astype(np.int64)
+    whole, rest = divmod(per_class, len(kept_idx))
+    copies[kept_idx] = whole
+    copies[rng.choice(kept_idx, size=rest, replace=False)] += 1
     return copies
 
 
