@@ -52,8 +52,8 @@ def run_once(raw: dict, work: Path) -> dict:
     for name in p.eval.models:
         if name != "teacher":
             it = p.iterations[name]
-            pseudo_label_stage(p, name, data, work / f"{it.teacher}.pt", work / f"{name}_labels.parquet")
-            select_stage(p, name, data, work / f"{name}_labels.parquet", work / f"{name}_sel.parquet", work / f"{name}_sel.json")
+            pseudo_label_stage(p, name, data, work / f"{it.teacher}.pt", work / f"{name}_labels")
+            select_stage(p, name, data, work / f"{name}_labels", work / f"{name}_sel.parquet", work / f"{name}_sel.json")
             train_stage(p, name, data, work / f"{name}.pt", work / f"{name}.json", work / f"{name}_sel.parquet")
         m = evaluate_stage(p, name, data, work / f"{name}.pt", work / f"{name}_eval.json", work / f"{name}_pred.csv")
         model, _ = load_model(work / f"{name}.pt")

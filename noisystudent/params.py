@@ -67,6 +67,8 @@ class TrainParams(_Section):
 class PseudoParams(_Section):
     temperature: Annotated[float, Field(gt=0)] = 1.0
     batch_size: PosInt = 256
+    num_shards: PosInt = 1  # resumable units; `--shard i` or torchrun ranks label them in parallel
+    rows_per_file: PosInt = 100_000  # Parquet part size: memory while labeling is bounded by it
 
 
 class SelectParams(_Section):

@@ -3,6 +3,7 @@ over these; tests call them directly."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from .evaluate import classification_metrics
 from .io import atomic_save_torch, atomic_write_csv, atomic_write_json, atomic_write_parquet, load_checkpoint
 from .models import create_model, num_params
 from .params import Params
-from .pseudo import pseudo_label_frame, select, selection_stats
+from .progress import progress
+from .pseudo import pseudo_label_accuracy, soft_labels
 from .tracking import StageRun
 from .train import FitConfig, fit, predict_logits
 from .transforms import eval_transform, randaugment_config, train_transform
@@ -80,6 +82,9 @@ def train_stage(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Pa
         sel = pd.read_parquet(selected)
         if len(sel) == 0:
             raise ValueError(f"{selected}: no pseudo-labeled image survived selection; lower select.threshold")
+        # canonical order (class, id), then duplicates: training never depends on shard layout
+        sel = sel.sort_values(["label", "id"], kind="stable", ignore_index=True)
+        sel = sel.loc[sel.index.repeat(sel["copies"])]
         targets = _pseudo_targets(sel, data.num_classes, p.student.targets, p.train.label_smoothing)
         pseudo_ds = D.ImageDataset(data.images, sel["id"].to_numpy(), targets, tf)
 
@@ -123,32 +128,66 @@ def load_model(path: Path) -> tuple[torch.nn.Module, dict]:
     return model.eval(), ckpt
 
 
-def pseudo_label_stage(p: Params, iteration: str, data_dir: Path, teacher_ckpt: Path, out: Path) -> pd.DataFrame:
-    """The teacher, not noised (eval mode, eval transform), labels every unlabeled image."""
+def _labeling_shards(shard: int | None, num_shards: int) -> list[int]:
+    """Which shards this process labels: the one asked for; else, under torchrun, its rank's
+    share; else all of them, one after another."""
+    if shard is not None:
+        return [shard]
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    return list(range(rank, num_shards, world))
+
+
+def pseudo_label_stage(
+    p: Params, iteration: str, data_dir: Path, teacher_ckpt: Path, out: Path, shard: int | None = None, num_shards: int | None = None
+) -> int:
+    """The teacher, not noised (eval mode, eval transform), labels every unlabeled image,
+    streaming into bounded, resumable Parquet parts under `out` (see shards.py)."""
+    from .shards import file_sha256, ids_digest, label_shard, open_labels_dir
+
     _threads(p)
+    num_shards = num_shards or p.pseudo.num_shards
     data = D.Prepared.load(data_dir)
     model, ckpt = load_model(teacher_ckpt)
+    ids = data.split("unlabeled")["id"].to_numpy()
+    fingerprint = {"teacher_sha256": file_sha256(teacher_ckpt), "ids_sha256": ids_digest(ids), "num_ids": int(len(ids)),
+                   "temperature": p.pseudo.temperature, "batch_size": p.pseudo.batch_size, "num_shards": num_shards,
+                   "rows_per_file": p.pseudo.rows_per_file}
+    open_labels_dir(out, fingerprint)
+
+    def predict(chunk: np.ndarray):
+        loader = _loader(data, chunk, None, p.pseudo.batch_size)
+        with torch.inference_mode():
+            model.eval()
+            for x, got in loader:
+                yield got.numpy(), soft_labels(model(x).float().numpy(), p.pseudo.temperature)
+
+    written = 0
     with _tracker(p, f"pseudo_label@{iteration}") as run:
         run.log_params({"teacher": ckpt["name"], "teacher_arch": ckpt["arch"], "pseudo": p.pseudo.model_dump()})
-        ids = data.split("unlabeled")["id"].to_numpy()
-        logits, got = predict_logits(model, _loader(data, ids, None, p.pseudo.batch_size), desc=f"pseudo_label@{iteration}")
-        frame = pseudo_label_frame(got.numpy(), logits.numpy(), p.pseudo.temperature)
-        atomic_write_parquet(out, frame)
-        run.log_metrics({"n_labeled": len(frame), "mean_confidence": float(frame["confidence"].mean())})
-    return frame
+        mine = _labeling_shards(shard, num_shards)
+        with progress(f"pseudo_label@{iteration}", total=len(ids)) as bar:
+            for s in mine:
+                written += label_shard(ids, s, num_shards, out, p.pseudo.rows_per_file, predict, on_rows=bar.advance)
+        run.log_metrics({"rows_written": written, "num_ids": len(ids)})
+    return written
 
 
 def select_stage(p: Params, iteration: str, data_dir: Path, labels: Path, out: Path, metrics_out: Path) -> dict:
+    from .shards import select_dataset
+
     data = D.Prepared.load(data_dir)
-    frame = pd.read_parquet(labels)
     with _tracker(p, f"select@{iteration}") as run:
         run.log_params({"select": p.select.model_dump()})
-        chosen = select(frame, p.select.threshold, p.select.per_class, data.num_classes, p.select.seed)
-        kept = int((frame["confidence"] >= p.select.threshold).sum())
+        stats = select_dataset(labels, out, p.select.threshold, p.select.per_class, data.num_classes, p.select.seed)
         truth_path = data.root / "unlabeled_truth.parquet"
-        truth = pd.read_parquet(truth_path) if truth_path.exists() else None
-        stats = selection_stats(frame, kept, chosen, data.num_classes, truth)
-        atomic_write_parquet(out, chosen)
+        if truth_path.exists():  # only where the unlabeled pool has hidden labels (digits)
+            from .shards import read_labels
+
+            truth = pd.read_parquet(truth_path).set_index("id")["label"]
+            every = read_labels(labels, ["id", "label"])
+            chosen = pd.read_parquet(out, columns=["id", "label"])
+            stats["pseudo_label_acc_all"] = pseudo_label_accuracy(every, truth)
+            stats["pseudo_label_acc_selected"] = pseudo_label_accuracy(chosen, truth)
         atomic_write_json(metrics_out, stats)
         run.log_metrics({k: v for k, v in stats.items() if not isinstance(v, dict)})
         run.log_artifact(metrics_out)

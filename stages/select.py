@@ -13,8 +13,8 @@ cli = app(__doc__)
 def main(
     iteration: Annotated[str, typer.Option(help="key under `iterations` in params.yaml")],
     data: Annotated[Path, typer.Option(help="prepared data folder (for the hidden labels)")],
-    labels: Annotated[Path, typer.Option(help="pseudo labels (Parquet) from pseudo_label")],
-    out: Annotated[Path, typer.Option(help="selected set to write (Parquet)")],
+    labels: Annotated[Path, typer.Option(help="folder of pseudo-label shards from pseudo_label")],
+    out: Annotated[Path, typer.Option(help="selected set to write (Parquet, one row per image with its `copies`)")],
     metrics: Annotated[Path, typer.Option(help="selection metrics JSON to write")],
     params: ParamsOpt = Path("params.yaml"),
 ):

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from noisystudent.io import load_checkpoint
+from noisystudent.shards import read_labels
 from noisystudent.pipeline import evaluate_stage, prepare_stage, pseudo_label_stage, select_stage, summary_stage, train_stage
 
 
@@ -14,8 +15,8 @@ def run_all(p, root):
     prepare_stage(p, data)
     train_stage(p, "teacher", data, root / "models/teacher.pt", root / "metrics/teacher/train.json")
     for name, it in p.iterations.items():
-        pseudo_label_stage(p, name, data, root / f"models/{it.teacher}.pt", root / f"pseudo/{name}/labels.parquet")
-        select_stage(p, name, data, root / f"pseudo/{name}/labels.parquet", root / f"pseudo/{name}/selected.parquet", root / f"metrics/{name}/select.json")
+        pseudo_label_stage(p, name, data, root / f"models/{it.teacher}.pt", root / f"pseudo/{name}/labels")
+        select_stage(p, name, data, root / f"pseudo/{name}/labels", root / f"pseudo/{name}/selected.parquet", root / f"metrics/{name}/select.json")
         train_stage(p, name, data, root / f"models/{name}.pt", root / f"metrics/{name}/train.json", root / f"pseudo/{name}/selected.parquet")
     for name in p.eval.models:
         evaluate_stage(p, name, data, root / f"models/{name}.pt", root / f"metrics/eval/{name}.json", root / f"metrics/eval/{name}_predictions.csv")
@@ -29,8 +30,8 @@ def test_tiny_pipeline_outputs_and_determinism(tmp_path, tiny_params):
     assert len(s["student_test_acc"]) == 2
     assert all(0 <= a <= 1 for a in [s["teacher_test_acc"], s["best_student_test_acc"], *s["student_test_acc"]])
 
-    labels = pd.read_parquet(tmp_path / "a/pseudo/s1/labels.parquet")
-    assert list(labels.columns) == ["id", "probs", "label", "confidence"]
+    labels = read_labels(tmp_path / "a/pseudo/s1/labels")
+    assert list(labels.columns) == ["id", "label", "confidence", "probs"]
     unl = pd.read_parquet(tmp_path / "a/data/unlabeled.parquet")
     assert sorted(labels["id"]) == sorted(unl["id"])  # every unlabeled image, once
     assert np.allclose(np.stack(labels["probs"]).sum(1), 1, atol=1e-5)
@@ -55,8 +56,9 @@ def test_pseudo_labels_use_the_unnoised_teacher(tmp_path, tiny_params):
     data = tmp_path / "data"
     prepare_stage(p, data)
     train_stage(p, "teacher", data, tmp_path / "t.pt", tmp_path / "t.json")
-    a = pseudo_label_stage(p, "s1", data, tmp_path / "t.pt", tmp_path / "a.parquet")
-    b = pseudo_label_stage(p, "s1", data, tmp_path / "t.pt", tmp_path / "b.parquet")
+    pseudo_label_stage(p, "s1", data, tmp_path / "t.pt", tmp_path / "a")
+    pseudo_label_stage(p, "s1", data, tmp_path / "t.pt", tmp_path / "b")
+    a, b = read_labels(tmp_path / "a"), read_labels(tmp_path / "b")
     assert np.array_equal(np.stack(a["probs"]), np.stack(b["probs"]))
 
 

@@ -3,7 +3,7 @@ import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from noisystudent.pseudo import balance, copies_per_image, filter_confident, pseudo_label_frame, select, selection_stats
+from noisystudent.pseudo import balance, copies_per_image, filter_confident, pseudo_label_accuracy, select, soft_labels
 
 
 def frame_from(labels, conf):
@@ -11,15 +11,13 @@ def frame_from(labels, conf):
     return pd.DataFrame({"id": np.arange(n), "probs": [np.zeros(3, np.float32)] * n, "label": labels, "confidence": conf})
 
 
-def test_pseudo_label_frame_softmax_with_temperature():
+def test_soft_labels_with_temperature():
     logits = np.array([[2.0, 0.0, 0.0], [0.0, 0.0, 5.0]])
-    f = pseudo_label_frame(np.array([7, 9]), logits, temperature=1.0)
-    assert list(f["id"]) == [7, 9] and list(f["label"]) == [0, 2]
-    p0 = np.exp(2) / (np.exp(2) + 2)
-    assert np.isclose(f["confidence"][0], p0, atol=1e-6)
-    assert np.allclose(np.stack(f["probs"]).sum(1), 1, atol=1e-6)
-    hot = pseudo_label_frame(np.array([7, 9]), logits, temperature=2.0)
-    assert hot["confidence"][0] < f["confidence"][0]  # higher T, softer labels
+    p = soft_labels(logits, temperature=1.0)
+    assert p.dtype == np.float32 and list(p.argmax(1)) == [0, 2]
+    assert np.isclose(p[0, 0], np.exp(2) / (np.exp(2) + 2), atol=1e-6)
+    assert np.allclose(p.sum(1), 1, atol=1e-6)
+    assert soft_labels(logits, temperature=2.0)[0, 0] < p[0, 0]  # higher T, softer labels
 
 
 def test_threshold_filter():
@@ -89,11 +87,33 @@ def test_balance_properties(rows, per_class, seed):
             assert kept == have
 
 
-def test_selection_stats_accuracy_against_hidden_labels():
+def literal_official_scan(conf, per_class, min_threshold):
+    """The official loop, literally: thresholds 1.00, 0.99, ... down to the minimum."""
+    t = 1.0
+    while True:
+        keep = conf >= t - 1e-12
+        if keep.sum() >= per_class or t <= min_threshold + 1e-9:
+            return keep
+        t = round(t - 0.01, 2)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(0.3, 1.0), min_size=1, max_size=200), st.integers(1, 250))
+def test_threshold_search_equals_the_official_scan(conf, per_class):
+    conf = np.array(conf, dtype=np.float32)
+    copies = copies_per_image(conf, per_class, 0.3, np.random.default_rng(0))
+    keep = literal_official_scan(conf.astype(np.float64), per_class, 0.3)
+    # the kept set is exactly the scan's; only kept images get copies, and all of them do
+    # whenever the class is under-full (copies >= 1)
+    assert not (copies[~keep] > 0).any()
+    if keep.any():
+        assert copies.sum() == per_class
+    if keep.sum() <= per_class:
+        assert (copies[keep] >= 1).all()
+
+
+def test_pseudo_label_accuracy_against_hidden_labels():
     f = frame_from([0, 1, 1, 2], [0.9, 0.9, 0.9, 0.9])
-    truth = pd.DataFrame({"id": [0, 1, 2, 3], "label": [0, 1, 0, 0]})
-    sel = balance(f, 2, 3, 0.3, 0)
-    s = selection_stats(f, 4, sel, 3, truth)
-    assert s["pseudo_label_acc_all"] == 0.5
-    assert s["unique"] == 4 and s["selected"] == 6
-    assert s["per_class"] == {"0": 2, "1": 2, "2": 2}
+    truth = pd.Series([0, 1, 0, 0], index=[0, 1, 2, 3])
+    assert pseudo_label_accuracy(f, truth) == 0.5
+    assert pseudo_label_accuracy(f.iloc[:2], truth) == 1.0

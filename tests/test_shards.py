@@ -1,0 +1,118 @@
+"""Streaming, sharded, resumable labeling and the out-of-core selection."""
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import ROOT, tiny_raw
+from noisystudent.pseudo import balance
+from noisystudent.shards import check_complete, label_shard, open_labels_dir, read_labels, select_dataset
+
+
+def fake_predict(num_classes=4, batch=5):
+    """Deterministic 'teacher': probabilities from a hash of the id, in batches."""
+    def predict(ids):
+        for i in range(0, len(ids), batch):
+            chunk = ids[i : i + batch]
+            logits = np.stack([np.random.default_rng(int(k)).normal(size=num_classes) * 3 for k in chunk])
+            p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+            yield chunk, p.astype(np.float32)
+    return predict
+
+
+def label_all(ids, out, num_shards=3, rows_per_file=7):
+    open_labels_dir(out, {"v": 1})
+    for s in range(num_shards):
+        label_shard(ids, s, num_shards, out, rows_per_file, fake_predict())
+
+
+def test_parts_are_bounded_and_cover_every_id_once(tmp_path):
+    ids = np.random.default_rng(0).permutation(100) + 1000
+    label_all(ids, tmp_path)
+    parts = check_complete(tmp_path)
+    assert all(len(pd.read_parquet(p)) <= 7 for p in parts)
+    rows = read_labels(tmp_path)
+    assert sorted(rows["id"]) == sorted(ids)
+    assert (rows["confidence"] == np.stack(rows["probs"]).max(1)).all()
+
+
+def test_unfinished_shard_is_a_clear_error(tmp_path):
+    ids = np.arange(30)
+    open_labels_dir(tmp_path, {"v": 1})
+    label_shard(ids, 0, 2, tmp_path, 7, fake_predict())
+    with pytest.raises(RuntimeError, match=r"shards \[1\] of 2 are not finished"):
+        check_complete(tmp_path)
+
+
+def test_fingerprint_change_clears_the_folder(tmp_path):
+    ids = np.arange(20)
+    label_all(ids, tmp_path)
+    open_labels_dir(tmp_path, {"v": 2})  # e.g. another teacher
+    assert not list(tmp_path.glob("shard-*"))
+    open_labels_dir(tmp_path, {"v": 2})  # same again: nothing to clear, resumable
+
+
+def test_select_out_of_core_equals_in_memory_balance(tmp_path):
+    ids = np.random.default_rng(1).permutation(500)
+    label_all(ids, tmp_path / "labels", num_shards=3, rows_per_file=50)
+    stats = select_dataset(tmp_path / "labels", tmp_path / "sel.parquet", 0.4, 30, 4, seed=7, batch_rows=64)
+    sel = pd.read_parquet(tmp_path / "sel.parquet")
+    frame = read_labels(tmp_path / "labels").sort_values("id", ignore_index=True)
+    ref = balance(frame[frame["confidence"] >= 0.4].reset_index(drop=True), 30, 4, 0.4, 7)
+    assert dict(zip(sel["id"], sel["copies"])) == ref["id"].value_counts().to_dict()
+    assert stats["selected"] == int(sel["copies"].sum()) == 4 * 30
+    assert stats["unique"] == len(sel) and stats["kept_after_threshold"] == int((frame["confidence"] >= 0.4).sum())
+    assert list(sel.columns) == ["id", "label", "confidence", "probs", "copies"]
+
+
+def _stage(args, env):
+    return subprocess.run([sys.executable, "-m", "stages.pseudo_label", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    from noisystudent.params import Params
+    from noisystudent.pipeline import prepare_stage, train_stage
+
+    d = tmp_path_factory.mktemp("teacher")
+    raw = tiny_raw(pseudo={"rows_per_file": 40, "batch_size": 16, "num_shards": 3})
+    (d / "params.yaml").write_text(yaml.safe_dump(raw))
+    p = Params.model_validate(raw)
+    prepare_stage(p, d / "data")
+    train_stage(p, "teacher", d / "data", d / "teacher.pt", d / "teacher.json")
+    return d
+
+
+def test_stage_killed_mid_way_resumes_to_the_same_rows(teacher, tmp_path):
+    env = {**os.environ, "NS_QUIET": "1"}
+    common = ["--iteration", "s1", "--data", str(teacher / "data"), "--teacher", str(teacher / "teacher.pt"), "--params", str(teacher / "params.yaml")]
+    assert _stage([*common, "--out", str(tmp_path / "full")], env).returncode == 0
+
+    killed = _stage([*common, "--out", str(tmp_path / "resumed")], {**env, "NS_FAULT_KILL_AFTER_PARTS": "2"})
+    assert killed.returncode == -signal.SIGKILL
+    before = sorted(f.name for f in (tmp_path / "resumed").glob("shard-*"))
+    assert len(before) == 2 and not any(n.endswith(".done") for n in before)
+    for f in (tmp_path / "resumed").glob("shard-*.parquet"):
+        pd.read_parquet(f)  # never torn: every part on disk reads back whole
+    mtimes = {f: f.stat().st_mtime_ns for f in (tmp_path / "resumed").glob("shard-*.parquet")}
+
+    assert _stage([*common, "--out", str(tmp_path / "resumed")], env).returncode == 0
+    assert all(f.stat().st_mtime_ns == t for f, t in mtimes.items())  # finished parts kept, not redone
+    full, resumed = read_labels(tmp_path / "full"), read_labels(tmp_path / "resumed")
+    pd.testing.assert_frame_equal(full.sort_values("id", ignore_index=True), resumed.sort_values("id", ignore_index=True))
+    assert resumed["id"].is_unique
+
+
+def test_shards_labeled_separately_equal_one_run(teacher, tmp_path):
+    env = {**os.environ, "NS_QUIET": "1"}
+    common = ["--iteration", "s1", "--data", str(teacher / "data"), "--teacher", str(teacher / "teacher.pt"), "--params", str(teacher / "params.yaml")]
+    for s in (2, 0, 1):  # any order, as separate jobs would
+        assert _stage([*common, "--out", str(tmp_path / "split"), "--shard", str(s)], env).returncode == 0
+    assert _stage([*common, "--out", str(tmp_path / "one")], env).returncode == 0
+    a, b = read_labels(tmp_path / "split"), read_labels(tmp_path / "one")
+    pd.testing.assert_frame_equal(a.sort_values("id", ignore_index=True), b.sort_values("id", ignore_index=True))
