@@ -18,9 +18,9 @@ from .io import atomic_save_torch, atomic_write_csv, atomic_write_json, atomic_w
 from .models import create_model, num_params
 from .params import Params
 from .progress import progress
-from .pseudo import pseudo_label_accuracy, soft_labels
+from .pseudo import pseudo_label_accuracy
 from .tracking import StageRun
-from .train import FitConfig, fit, predict_logits
+from .train import FitConfig, fit, predict_logits, stream_soft_labels
 from .transforms import eval_transform, randaugment_config, train_transform
 
 
@@ -155,11 +155,7 @@ def pseudo_label_stage(
     open_labels_dir(out, fingerprint)
 
     def predict(chunk: np.ndarray):
-        loader = _loader(data, chunk, None, p.pseudo.batch_size)
-        with torch.inference_mode():
-            model.eval()
-            for x, got in loader:
-                yield got.numpy(), soft_labels(model(x).float().numpy(), p.pseudo.temperature)
+        return stream_soft_labels(model, _loader(data, chunk, None, p.pseudo.batch_size), p.pseudo.temperature)
 
     written = 0
     with _tracker(p, f"pseudo_label@{iteration}") as run:

@@ -139,3 +139,14 @@ def predict_logits(model: nn.Module, loader: DataLoader, desc: str | None = "pre
             keys.append(k)
             bar.advance()
     return torch.cat(outs), torch.cat(keys)
+
+
+@torch.inference_mode()
+def stream_soft_labels(model: nn.Module, loader: DataLoader, temperature: float) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Un-noised soft labels, batch by batch: (ids, softmax(logits / T)) as numpy. Nothing is
+    kept between batches, so a pool of any size streams through in flat memory."""
+    from .pseudo import soft_labels
+
+    model.eval()
+    for x, ids in loader:
+        yield ids.numpy(), soft_labels(model(x).float().numpy(), temperature)

@@ -1,0 +1,99 @@
+"""Labeling throughput and memory vs pool size (a benchmark, run by hand; not in CI).
+
+Labels synthetic unlabeled pools of 10k, 100k and 1M 32x32 RGB images, made on the fly from
+their index (nothing is held in memory), with the real streaming labeler (DataLoader
+workers decode, the teacher predicts in batches, Parquet parts of bounded size), each pool in
+a fresh subprocess, and prints JSON per size: images/s and peak RSS.
+
+    python benchmarks/label_scale.py --sizes 10000 --sizes 100000 --sizes 1000000
+"""
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+class SyntheticImages:
+    """Image i is noise seeded by i: any pool size, nothing stored."""
+
+    def __init__(self, ids: np.ndarray, size: int = 32):
+        self.ids, self.size = ids, size
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        k = int(self.ids[i])
+        img = np.random.default_rng(k).integers(0, 256, (3, self.size, self.size), dtype=np.uint8)
+        return (torch.from_numpy(img).float() / 127.5 - 1.0), torch.tensor(k)
+
+
+def run_child(n: int, out: Path, arch: str, batch_size: int, workers: int, rows_per_file: int) -> dict:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from noisystudent.models import create_model
+    from noisystudent.shards import label_shard, open_labels_dir
+    from noisystudent.train import stream_soft_labels
+
+    torch.manual_seed(0)
+    model = create_model(arch, num_classes=10, in_chans=3)
+    ids = np.arange(n, dtype=np.int64)
+    open_labels_dir(out, {"bench": n})
+
+    def predict(chunk):
+        loader = DataLoader(SyntheticImages(chunk), batch_size=batch_size, num_workers=workers, persistent_workers=False,
+                            prefetch_factor=4 if workers else None)
+        return stream_soft_labels(model, loader, 1.0)
+
+    t0 = time.perf_counter()
+    rows = label_shard(ids, 0, 1, out, rows_per_file, predict)
+    secs = time.perf_counter() - t0
+    return {"images": n, "rows": rows, "seconds": round(secs, 2), "images_per_s": round(n / secs, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "worker_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
+
+
+def main(
+    sizes: Annotated[list[int], typer.Option(help="pool sizes")] = [10_000, 100_000, 1_000_000],
+    arch: str = "ns_resnet_xs",
+    batch_size: int = 512,
+    workers: Annotated[int, typer.Option(help="DataLoader workers decoding images")] = 1,
+    rows_per_file: int = 50_000,
+    work: Path = Path("/tmp/ns_label_bench"),
+    child: Annotated[int, typer.Option(hidden=True)] = 0,
+):
+    if child:
+        print(json.dumps(run_child(child, work / str(child), arch, batch_size, workers, rows_per_file)))
+        return
+    results = []
+    for n in sizes:
+        shutil.rmtree(work / str(n), ignore_errors=True)
+        r = subprocess.run([sys.executable, __file__, "--child", str(n), "--arch", arch, "--batch-size", str(batch_size),
+                            "--workers", str(workers), "--rows-per-file", str(rows_per_file), "--work", str(work)],
+                           capture_output=True, text=True, check=True)
+        res = json.loads(r.stdout.strip().splitlines()[-1])  # peaks of that run's own process and its workers
+        results.append(res)
+        print(json.dumps(res), flush=True)
+        shutil.rmtree(work / str(n), ignore_errors=True)
+    base = results[0]
+    print(json.dumps({"throughput_vs_smallest": [round(r["images_per_s"] / base["images_per_s"], 3) for r in results],
+                      "rss_growth_mb": round(results[-1]["peak_rss_mb"] - base["peak_rss_mb"], 1)}))
+
+
+if __name__ == "__main__":
+    typer.run(main)
