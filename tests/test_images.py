@@ -1,0 +1,95 @@
+"""Every bad-file kind named in the issues, made here, and what each gets."""
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from noisystudent.images import BadImage, load_image, scan
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid 1x1 PNG whose header claims width x height (a decompression bomb's header)."""
+    data = bytearray(png_bytes(Image.new("L", (1, 1))))
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr : ihdr + 17])) & 0xFFFFFFFF
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+@pytest.fixture
+def rng_image():
+    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8), "RGB")
+
+
+@pytest.mark.parametrize(
+    "kind, make, reason",
+    [
+        ("zero bytes", lambda d, im: b"", "empty file"),
+        ("text named .jpg", lambda d, im: b"hello, I am not an image\n" * 10, "not an image"),
+        ("png cut in half", lambda d, im: png_bytes(im)[: len(png_bytes(im)) // 2], "truncated or corrupt"),
+        ("decompression bomb", lambda d, im: bomb_png(100_000, 100_000), "too large to decode safely"),
+    ],
+)
+def test_unusable_files_are_refused_with_a_reason(tmp_path, rng_image, kind, make, reason):
+    p = tmp_path / "bad.jpg"
+    p.write_bytes(make(tmp_path, rng_image))
+    with pytest.raises(BadImage, match=reason):
+        load_image(p)
+
+
+def test_jpeg_cut_in_half(tmp_path, rng_image):
+    full = tmp_path / "full.jpg"
+    rng_image.save(full, "JPEG")
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(BadImage, match="truncated or corrupt"):
+        load_image(cut)
+    assert load_image(full).size == (64, 64)
+
+
+def test_convertible_modes(tmp_path, rng_image):
+    cases = {
+        "cmyk.jpg": rng_image.convert("CMYK"),
+        "rgba.png": rng_image.convert("RGBA"),
+        "palette.png": rng_image.convert("P"),
+        "la.png": rng_image.convert("LA"),
+        "onebit.png": rng_image.convert("1"),
+    }
+    for name, im in cases.items():
+        im.save(tmp_path / name)
+        for mode in ("RGB", "L"):
+            out = load_image(tmp_path / name, mode)
+            assert out.mode == mode and out.size == (64, 64), name
+
+
+def test_sixteen_bit_keeps_its_scale(tmp_path):
+    a = np.full((8, 8), 65535, dtype=np.uint16)
+    a[0, 0] = 0
+    Image.fromarray(a).save(tmp_path / "deep.png")
+    out = np.asarray(load_image(tmp_path / "deep.png", "L"))
+    assert out.max() == 255 and out[0, 0] == 0
+
+
+def test_transparent_pixels_become_black(tmp_path):
+    im = Image.new("RGBA", (4, 4), (255, 0, 0, 0))  # fully transparent red
+    im.save(tmp_path / "t.png")
+    assert np.asarray(load_image(tmp_path / "t.png")).max() == 0
+
+
+def test_scan_splits_good_and_bad(tmp_path, rng_image):
+    rng_image.save(tmp_path / "ok.png")
+    (tmp_path / "empty.png").write_bytes(b"")
+    good, bad = scan([tmp_path / "ok.png", tmp_path / "empty.png"])
+    assert good == [tmp_path / "ok.png"]
+    assert bad == [(tmp_path / "empty.png", "empty file (0 bytes)")]
