@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from . import data as D
 from .evaluate import classification_metrics
-from .io import atomic_save_torch, atomic_write_csv, atomic_write_json, atomic_write_parquet, load_checkpoint
+from .io import atomic_save_torch, atomic_write_csv, atomic_write_json, load_checkpoint
 from .models import create_model, num_params
 from .params import Params
 from .progress import progress

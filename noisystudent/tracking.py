@@ -121,7 +121,7 @@ class StageRun:
         self.run_id = run.info.run_id
 
     def _parent(self, exp_id: str) -> str:
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Param
 
         self._key = pipeline_key()
         found = self.client.search_runs([exp_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{self._key}' and tags.`ns.role` = 'pipeline'", max_results=1)

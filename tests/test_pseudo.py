@@ -3,7 +3,7 @@ import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from noisystudent.pseudo import balance, copies_per_image, filter_confident, pseudo_label_accuracy, select, soft_labels
+from noisystudent.pseudo import copies_per_image, filter_confident, pseudo_label_accuracy, select, soft_labels
 
 
 def frame_from(labels, conf):

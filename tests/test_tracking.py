@@ -1,5 +1,4 @@
 import mlflow
-import pytest
 
 from noisystudent.tracking import StageRun, flatten
 
