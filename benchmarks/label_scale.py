@@ -65,7 +65,8 @@ def run_child(n: int, out: Path, arch: str, batch_size: int, workers: int, rows_
     secs = time.perf_counter() - t0
     return {"images": n, "rows": rows, "seconds": round(secs, 2), "images_per_s": round(n / secs, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "worker_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
+            "worker_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+            "arrow_pool_peak_mb": round(__import__("pyarrow").default_memory_pool().max_memory() / 2**20, 1)}
 
 
 def main(

@@ -58,10 +58,16 @@ def atomic_write_npy(path: str | Path, array: np.ndarray) -> None:
 
 
 def atomic_save_torch(path: str | Path, obj) -> None:
+    """Byte-identical for identical content: torch.save names the zip's records after the
+    file it writes to, so saving straight to the random temp name would change every time."""
+    import io
+
     import torch
 
+    buf = io.BytesIO()
+    torch.save(obj, buf)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buf.getvalue())
 
 
 def load_checkpoint(path: str | Path) -> dict:

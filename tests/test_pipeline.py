@@ -84,3 +84,15 @@ def test_malicious_checkpoint_is_refused(tmp_path):
     with pytest.raises(ValueError, match="refused to load"):
         load_checkpoint(bad)
     assert not marker.exists()
+
+
+def test_checkpoints_are_byte_identical_for_identical_content(tmp_path):
+    import torch
+
+    from noisystudent.io import atomic_save_torch
+
+    obj = {"arch": "x", "state_dict": {"w": torch.arange(6.0)}}
+    atomic_save_torch(tmp_path / "a.pt", obj)
+    atomic_save_torch(tmp_path / "b.pt", obj)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+    assert torch.equal(load_checkpoint(tmp_path / "a.pt")["state_dict"]["w"], obj["state_dict"]["w"])
