@@ -3,7 +3,8 @@
 Labels synthetic unlabeled pools of 10k, 100k and 1M 32x32 RGB images, made on the fly from
 their index (nothing is held in memory), with the real streaming labeler (DataLoader
 workers decode, the teacher predicts in batches, Parquet parts of bounded size), each pool in
-a fresh subprocess, and prints JSON per size: images/s and peak RSS.
+a fresh subprocess (after a 2,000-image warm-up), and prints JSON per size: images/s and
+peak RSS of the labeling process and of its DataLoader worker.
 
     python benchmarks/label_scale.py --sizes 10000 --sizes 100000 --sizes 1000000
 """
@@ -60,6 +61,10 @@ def run_child(n: int, out: Path, arch: str, batch_size: int, workers: int, rows_
                             prefetch_factor=4 if workers else None)
         return stream_soft_labels(model, loader, 1.0)
 
+    # warm-up (worker start, first batches, allocator) outside the timing, in its own folder,
+    # so every pool size is measured in the same steady state
+    open_labels_dir(out.with_name(out.name + "-warmup"), {"bench": "warmup"})
+    label_shard(np.arange(2_000, dtype=np.int64), 0, 1, out.with_name(out.name + "-warmup"), rows_per_file, predict)
     t0 = time.perf_counter()
     rows = label_shard(ids, 0, 1, out, rows_per_file, predict)
     secs = time.perf_counter() - t0
@@ -74,7 +79,7 @@ def main(
     arch: str = "ns_resnet_xs",
     batch_size: int = 512,
     workers: Annotated[int, typer.Option(help="DataLoader workers decoding images")] = 1,
-    rows_per_file: int = 50_000,
+    rows_per_file: Annotated[int, typer.Option(help="part size; below the smallest pool, so all reach steady state")] = 5_000,
     work: Path = Path("/tmp/ns_label_bench"),
     child: Annotated[int, typer.Option(hidden=True)] = 0,
 ):
@@ -91,6 +96,7 @@ def main(
         results.append(res)
         print(json.dumps(res), flush=True)
         shutil.rmtree(work / str(n), ignore_errors=True)
+        shutil.rmtree(work / f"{n}-warmup", ignore_errors=True)
     base = results[0]
     print(json.dumps({"throughput_vs_smallest": [round(r["images_per_s"] / base["images_per_s"], 3) for r in results],
                       "rss_growth_mb": round(results[-1]["peak_rss_mb"] - base["peak_rss_mb"], 1)}))
