@@ -18,7 +18,6 @@ from .io import atomic_save_torch, atomic_write_csv, atomic_write_json, load_che
 from .models import create_model, num_params
 from .params import Params
 from .progress import progress
-from .pseudo import pseudo_label_accuracy
 from .tracking import StageRun
 from .train import FitConfig, fit, predict_logits, stream_soft_labels
 from .transforms import eval_transform, randaugment_config, train_transform
@@ -174,16 +173,9 @@ def select_stage(p: Params, iteration: str, data_dir: Path, labels: Path, out: P
     data = D.Prepared.load(data_dir)
     with _tracker(p, f"select@{iteration}") as run:
         run.log_params({"select": p.select.model_dump()})
-        stats = select_dataset(labels, out, p.select.threshold, p.select.per_class, data.num_classes, p.select.seed)
-        truth_path = data.root / "unlabeled_truth.parquet"
-        if truth_path.exists():  # only where the unlabeled pool has hidden labels (digits)
-            from .shards import read_labels
-
-            truth = pd.read_parquet(truth_path).set_index("id")["label"]
-            every = read_labels(labels, ["id", "label"])
-            chosen = pd.read_parquet(out, columns=["id", "label"])
-            stats["pseudo_label_acc_all"] = pseudo_label_accuracy(every, truth)
-            stats["pseudo_label_acc_selected"] = pseudo_label_accuracy(chosen, truth)
+        truth_path = data.root / "unlabeled_truth.parquet"  # hidden labels exist for digits only
+        truth = pd.read_parquet(truth_path).set_index("id")["label"] if truth_path.exists() else None
+        stats = select_dataset(labels, out, p.select.threshold, p.select.per_class, data.num_classes, p.select.seed, truth=truth)
         atomic_write_json(metrics_out, stats)
         run.log_metrics({k: v for k, v in stats.items() if not isinstance(v, dict)})
         run.log_artifact(metrics_out)

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from .io import atomic_path, atomic_write_json
-from .pseudo import balance_copies
+from .pseudo import balance_copies, pseudo_label_accuracy
 
 FINGERPRINT = "_fingerprint.json"
 
@@ -169,12 +170,14 @@ def read_labels(labels_dir: Path, columns: list[str] | None = None):
 
 
 def select_dataset(
-    labels_dir: Path, out: Path, threshold: float, per_class: int, num_classes: int, seed: int, batch_rows: int = 1 << 18
+    labels_dir: Path, out: Path, threshold: float, per_class: int, num_classes: int, seed: int,
+    batch_rows: int = 1 << 18, truth: pd.Series | None = None,
 ) -> dict:
     """Threshold + class balancing over all shards, out of core, in two passes (as the
     official filter_unlabel.py): pass 1 reads only id/label/confidence and decides each
     image's number of copies; pass 2 streams the full rows and writes the selected ones with
-    a `copies` column (never repeated rows). Returns counts for the metrics file."""
+    a `copies` column (never repeated rows). Returns counts for the metrics file, plus the
+    pseudo labels' accuracy when hidden labels (`truth`, indexed by id) are given."""
     dataset = pads.dataset(check_complete(labels_dir), format="parquet")
     t = dataset.to_table(columns=["id", "label", "confidence"])
     ids = t["id"].to_numpy()
@@ -197,7 +200,7 @@ def select_dataset(
                     tb = pa.Table.from_batches([batch]).filter(pa.array(keep))
                     writer.write_table(tb.append_column("copies", pa.array(c[keep])))
     per_class_counts = np.bincount(labels, weights=copies, minlength=num_classes).astype(np.int64)
-    return {
+    stats = {
         "pseudo_labeled": int(len(ids)),
         "kept_after_threshold": int(len(eligible)),
         "selected": int(copies.sum()),
@@ -205,4 +208,9 @@ def select_dataset(
         "per_class": {str(c): int(n) for c, n in enumerate(per_class_counts)},
         "mean_confidence": float(conf.mean()) if len(conf) else 0.0,
     }
+    if truth is not None:  # from the pass-1 arrays: nothing is read again
+        rows = pd.DataFrame({"id": ids, "label": labels})
+        stats["pseudo_label_acc_all"] = pseudo_label_accuracy(rows, truth)
+        stats["pseudo_label_acc_selected"] = pseudo_label_accuracy(rows[copies > 0], truth)
+    return stats
 

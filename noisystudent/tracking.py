@@ -82,6 +82,15 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _log_params(client, run_id: str, params: dict) -> None:
+    """Flattened params, as strings within MLflow's value limit, 100 per request (its cap)."""
+    from mlflow.entities import Param
+
+    flat = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+    for i in range(0, len(flat), 100):
+        client.log_batch(run_id, params=flat[i : i + 100])
+
+
 class StageRun:
     """A child run for one stage execution. Use as a context manager."""
 
@@ -121,8 +130,6 @@ class StageRun:
         self.run_id = run.info.run_id
 
     def _parent(self, exp_id: str) -> str:
-        from mlflow.entities import Param
-
         self._key = pipeline_key()
         found = self.client.search_runs([exp_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{self._key}' and tags.`ns.role` = 'pipeline'", max_results=1)
         if found:
@@ -130,20 +137,13 @@ class StageRun:
         name = os.environ.get("DVC_EXP_NAME") or time.strftime("repro-%Y%m%d-%H%M%S")
         tags = {PIPELINE_TAG: self._key, "ns.role": "pipeline", "git_commit": git_commit(), "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "")}
         run = self.client.create_run(exp_id, run_name=name, tags=tags)
-        flat = [Param(k, str(v)[:6000]) for k, v in flatten(self.params).items()]
-        for i in range(0, len(flat), 100):
-            self.client.log_batch(run.info.run_id, params=flat[i : i + 100])
+        _log_params(self.client, run.info.run_id, self.params)
         self.client.set_terminated(run.info.run_id)  # children may be added to a finished parent
         return run.info.run_id
 
     def log_params(self, params: dict) -> None:
-        from mlflow.entities import Param
-
-        if not self.run_id:
-            return
-        flat = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
-        for i in range(0, len(flat), 100):
-            self._guard("log_params", self.client.log_batch, self.run_id, params=flat[i : i + 100])
+        if self.run_id:
+            self._guard("log_params", _log_params, self.client, self.run_id, params)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if not self.run_id:
