@@ -56,8 +56,9 @@ def run_once(raw: dict, work: Path) -> dict:
             select_stage(p, name, data, work / f"{name}_labels", work / f"{name}_sel.parquet", work / f"{name}_sel.json")
             train_stage(p, name, data, work / f"{name}.pt", work / f"{name}.json", work / f"{name}_sel.parquet")
         m = evaluate_stage(p, name, data, work / f"{name}.pt", work / f"{name}_eval.json", work / f"{name}_pred.csv")
-        model, _ = load_model(work / f"{name}.pt")
-        out[name] = {"val": _accuracy(model, Prepared.load(data), "val"), "test": m["top1"]}
+        model, ckpt = load_model(work / f"{name}.pt")
+        val = _accuracy(p, model, Prepared.load(data), "val", eval_transform(ckpt["data_config"]))
+        out[name] = {"val": val, "test": m["top1"]}
     return out
 
 

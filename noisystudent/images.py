@@ -32,8 +32,24 @@ def _to_8bit(im: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(a.round(), 0, 255).astype(np.uint8), "L")
 
 
-def load_image(path: str | Path, mode: str = "RGB", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode `path` fully into `mode` ('L' or 'RGB'), or raise BadImage with the reason."""
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def _convert(im: Image.Image, mode: str) -> Image.Image:
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        im = _to_8bit(im)
+    elif im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("RGBA", "LA", "PA"):
+        # composite on black, so transparent pixels do not show whatever colour they hide
+        bg = Image.new("RGBA", im.size, (0, 0, 0, 255))
+        im = Image.alpha_composite(bg, im.convert("RGBA"))
+    return im.convert(mode)  # CMYK, YCbCr, 1-bit, L <-> RGB
+
+
+def decode(path: str | Path, mode: str = "RGB", max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, str]:
+    """Decode `path` fully into `mode` ('L' or 'RGB'): (image, the file's own mode), or raise
+    BadImage with the reason."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -47,15 +63,7 @@ def load_image(path: str | Path, mode: str = "RGB", max_pixels: int = DEFAULT_MA
             if w * h > max_pixels:
                 raise BadImage(f"too large to decode safely: {w}x{h} = {w * h} pixels > {max_pixels}")
             im.load()  # full decode: truncated data fails here, not later in a worker
-            if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-                im = _to_8bit(im)
-            elif im.mode == "P":
-                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-            if im.mode in ("RGBA", "LA", "PA"):
-                # composite on black, so transparent pixels do not show whatever colour they hide
-                bg = Image.new("RGBA", im.size, (0, 0, 0, 255))
-                im = Image.alpha_composite(bg, im.convert("RGBA"))
-            return im.convert(mode)  # CMYK, YCbCr, 1-bit, L <-> RGB
+            return _convert(im, mode), im.mode
     except BadImage:
         raise
     except UnidentifiedImageError:
@@ -66,13 +74,39 @@ def load_image(path: str | Path, mode: str = "RGB", max_pixels: int = DEFAULT_MA
         raise BadImage(f"truncated or corrupt: {e}") from None
 
 
-def scan(paths: list[Path], mode: str = "RGB", max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Split files into usable ones and (path, reason) for the rest (decodes each once)."""
-    good, bad = [], []
-    for p in paths:
+def load_image(path: str | Path, mode: str = "RGB", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode `path` fully into `mode` ('L' or 'RGB'), or raise BadImage with the reason."""
+    return decode(path, mode, max_pixels)[0]
+
+
+class _Probe:
+    """Map-style dataset: decode file i, report (i, reason or '', the file's own mode)."""
+
+    def __init__(self, paths: list[Path], max_pixels: int):
+        self.paths, self.max_pixels = paths, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, str, str]:
         try:
-            load_image(p, mode, max_pixels)
-            good.append(p)
+            return i, "", decode(self.paths[i], "RGB", self.max_pixels)[1]
         except BadImage as e:
-            bad.append((p, str(e)))
-    return good, bad
+            return i, str(e), ""
+
+
+def scan(paths: list[Path], max_pixels: int = DEFAULT_MAX_PIXELS, workers: int = 0, desc: str | None = None) -> list[tuple[str, str]]:
+    """Decode every file once, in DataLoader workers: (reason, mode) per path, in order;
+    reason is '' for a usable file, mode is the file's own (e.g. 'CMYK', 'I;16')."""
+    from torch.utils.data import DataLoader
+
+    from .progress import progress
+
+    out: list[tuple[str, str]] = [("", "")] * len(paths)
+    loader = DataLoader(_Probe(paths, max_pixels), batch_size=64, num_workers=workers, collate_fn=list)
+    with progress(desc or "scan", total=len(paths), enabled=desc is not None) as bar:
+        for batch in loader:
+            for i, reason, mode in batch:
+                out[i] = (reason, mode)
+            bar.advance(len(batch))
+    return out

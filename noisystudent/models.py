@@ -74,6 +74,13 @@ class SmallResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+# timm reads a module's `default_cfgs` when registering: this gives the small ResNets a data
+# config (inputs in [-1, 1], native size, no crop) like any timm model has
+_CFG = {"input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "crop_pct": 1.0,
+        "interpolation": "bilinear", "num_classes": 10}
+default_cfgs = {f"ns_resnet_{k}": dict(_CFG) for k in ("xs", "s", "m", "l")}
+
+
 @register_model
 def ns_resnet_xs(pretrained: bool = False, **kw) -> SmallResNet:
     return SmallResNet((8, 16, 32), (1, 1, 1), **kw)

@@ -22,12 +22,30 @@ class _Section(BaseModel):
 
 
 class DataParams(_Section):
-    name: Literal["digits"] = "digits"
-    seed: int = 0
-    image_size: PosInt = 16
-    labeled_per_class: PosInt = 3
-    val_per_class: PosInt = 10
-    test_per_class: PosInt = 40
+    """Where the images come from and how they are split (stage prepare; see sources.py)."""
+    name: Literal["digits", "cifar10", "svhn", "stl10", "imagefolder"] = "digits"
+    root: str = "data/raw"  # torchvision files or train/ unlabeled/ test/ [val/] folders; unused by digits
+    download: bool = False  # torchvision sets only: fetch into root when missing
+    seed: int = 0  # the split
+    image_size: PosInt | None = None  # digits: 16 when None; None: the data's own size (arrays) or the model's input size (folders)
+    channels: Literal[1, 3] | None = None  # None: from the data (folders: 1 if every labeled image is grayscale)
+    labeled_per_class: PosInt | None = 3  # None: all of train (less val); the rest joins the unlabeled pool
+    val_per_class: Annotated[int, Field(ge=0)] = 10  # carved from train unless the source has a val split
+    test_per_class: PosInt | None = 40  # digits: carved from the pool; others: cap on the test split (None: all)
+    max_pixels: PosInt = 64_000_000  # larger images are refused (decompression bombs)
+    num_workers: Annotated[int, Field(ge=0)] = 0  # DataLoader workers decoding images (prepare, labeling, eval)
+
+    @model_validator(mode="after")
+    def _source(self) -> "DataParams":
+        if self.name == "digits":
+            if self.test_per_class is None:
+                raise ValueError("test_per_class: digits needs a number (its test split is carved from one pool)")
+            return self
+        if self.download and self.name == "imagefolder":
+            raise ValueError("download: an image folder cannot be downloaded (set it to false)")
+        if not self.download and not Path(self.root).exists():
+            raise ValueError(f"root: folder {self.root!r} not found (for {self.name}; set download: true for torchvision sets)")
+        return self
 
 
 class StudentParams(_Section):

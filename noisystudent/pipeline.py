@@ -20,7 +20,7 @@ from .params import Params
 from .progress import progress
 from .tracking import StageRun
 from .train import FitConfig, fit, predict_logits, stream_soft_labels
-from .transforms import eval_transform, randaugment_config, train_transform
+from .transforms import data_config, eval_transform, randaugment_config, train_transform
 
 
 def _tracker(p: Params, stage: str) -> StageRun:
@@ -32,22 +32,37 @@ def _threads(p: Params) -> None:
         torch.set_num_threads(p.train.num_threads)
 
 
-def prepare_stage(p: Params, out: Path) -> dict:
+def prepare_stage(p: Params, out: Path, metrics_out: Path | None = None) -> dict:
+    """Load `data.name`, refuse unusable files (listed in bad_files.csv, counted in the
+    metrics), split, write the prepared folder."""
     with _tracker(p, "prepare") as run:
         run.log_params({"data": p.data.model_dump()})
-        meta = D.prepare(out, p.data.image_size, p.data.labeled_per_class, p.data.val_per_class, p.data.test_per_class, p.data.seed)
-        run.log_metrics({f"n_{k}": v for k, v in meta["counts"].items()})
+        meta = D.prepare(out, p.data)
+        figures = {**{f"n_{k}": v for k, v in meta["counts"].items()}, "bad_files": meta["bad_files"],
+                   "converted": sum(meta["converted_by_mode"].values())}
+        if metrics_out is not None:
+            atomic_write_json(metrics_out, {**figures, "in_chans": meta["in_chans"], "num_classes": meta["num_classes"],
+                                            "bad_by_reason": meta["bad_by_reason"], "converted_by_mode": meta["converted_by_mode"],
+                                            "bad_files_report": str(out / "bad_files.csv")})
+        run.log_metrics(figures)
+        run.log_artifact(out / "bad_files.csv")
     return meta
 
 
-def _loader(data: D.Prepared, ids: np.ndarray, targets: np.ndarray | None, batch_size: int) -> DataLoader:
-    return DataLoader(D.ImageDataset(data.images, ids, targets, eval_transform(data.in_chans)), batch_size=batch_size)
+def _load_data(p: Params, data_dir: Path) -> D.Prepared:
+    return D.Prepared.load(data_dir, p.data.max_pixels)
 
 
-def _accuracy(model: torch.nn.Module, data: D.Prepared, split: str, batch_size: int = 256) -> float:
+def _loader(p: Params, data: D.Prepared, ids: np.ndarray, tf, batch_size: int) -> DataLoader:
+    """Un-shuffled, id-keyed batches for labeling and evaluation; workers decode."""
+    w = p.data.num_workers
+    return DataLoader(D.ImageDataset(data.images, ids, None, tf), batch_size=batch_size, num_workers=w, persistent_workers=False)
+
+
+def _accuracy(p: Params, model: torch.nn.Module, data: D.Prepared, split: str, tf, batch_size: int = 256) -> float:
     frame = data.split(split)
     was = model.training
-    logits, _ = predict_logits(model, _loader(data, frame["id"].to_numpy(), None, batch_size), desc=None)
+    logits, _ = predict_logits(model, _loader(p, data, frame["id"].to_numpy(), tf, batch_size), desc=None)
     acc = float((logits.argmax(1).numpy() == frame["label"].to_numpy()).mean())
     model.train(was)
     return acc
@@ -64,13 +79,15 @@ def train_stage(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Pa
     """Train the teacher (name == 'teacher', labeled data only) or student `name` (labeled +
     selected pseudo-labeled data, with the student noise)."""
     _threads(p)
-    data = D.Prepared.load(data_dir)
+    data = _load_data(p, data_dir)
     is_teacher = name == "teacher"
     noise = p.teacher if is_teacher else p.noise
     arch = p.arch_of(name)
     steps = p.teacher.steps if is_teacher else p.student.steps
     seed = p.train.seed + (0 if is_teacher else list(p.iterations).index(name) + 1)
-    tf = train_transform(data.in_chans, randaugment_config(noise.randaugment_n, noise.randaugment_m))
+    dcfg = data_config(arch, data.in_chans, p.data.image_size, data.image_size)
+    tf = train_transform(dcfg, randaugment_config(noise.randaugment_n, noise.randaugment_m))
+    tf_eval = eval_transform(dcfg)
 
     lab = data.split("labeled")
     labeled = D.ImageDataset(data.images, lab["id"].to_numpy(), D.one_hot(lab["label"].to_numpy(), data.num_classes, p.train.label_smoothing), tf)
@@ -100,7 +117,7 @@ def train_stage(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Pa
                         "noise": noise.model_dump(), "fit": cfg.__dict__, "n_pseudo": 0 if pseudo_ds is None else len(pseudo_ds)})
 
         def on_log(step: int, figs: dict) -> None:
-            figs = {**figs, "val_acc": _accuracy(model, data, "val")}
+            figs = {**figs, "val_acc": _accuracy(p, model, data, "val", tf_eval)}
             run.log_metrics(figs, step)
             print(f"[{stage}] step {step}/{steps} " + " ".join(f"{k}={v:.4f}" for k, v in figs.items()), flush=True)
 
@@ -108,10 +125,10 @@ def train_stage(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Pa
         fit(model, labeled, cfg, pseudo_ds, on_log=on_log, desc=stage)
         seconds = time.perf_counter() - t0
         imgs = steps * cfg.batch_size * (1 + (0 if pseudo_ds is None else cfg.batch_ratio))
-        result = {"val_acc": _accuracy(model, data, "val"), "train_seconds": round(seconds, 2),
+        result = {"val_acc": _accuracy(p, model, data, "val", tf_eval), "train_seconds": round(seconds, 2),
                   "images_per_second": round(imgs / seconds, 1), "num_params": num_params(model), "steps": steps}
         ckpt = {"arch": arch, "num_classes": data.num_classes, "in_chans": data.in_chans, "name": name,
-                "state_dict": model.state_dict(), "params": json.loads(p.model_dump_json())}
+                "data_config": dcfg, "state_dict": model.state_dict(), "params": json.loads(p.model_dump_json())}
         atomic_save_torch(out, ckpt)
         # timings go to MLflow only: the DVC metrics stay identical across identical runs
         atomic_write_json(metrics_out, {k: v for k, v in result.items() if k not in ("train_seconds", "images_per_second")})
@@ -145,8 +162,9 @@ def pseudo_label_stage(
 
     _threads(p)
     num_shards = num_shards or p.pseudo.num_shards
-    data = D.Prepared.load(data_dir)
+    data = _load_data(p, data_dir)
     model, ckpt = load_model(teacher_ckpt)
+    tf = eval_transform(ckpt["data_config"])  # the teacher's own preprocessing, never noised
     ids = data.split("unlabeled")["id"].to_numpy()
     fingerprint = {"teacher_sha256": file_sha256(teacher_ckpt), "ids_sha256": ids_digest(ids), "num_ids": int(len(ids)),
                    "temperature": p.pseudo.temperature, "batch_size": p.pseudo.batch_size, "num_shards": num_shards,
@@ -154,7 +172,7 @@ def pseudo_label_stage(
     open_labels_dir(out, fingerprint)
 
     def predict(chunk: np.ndarray):
-        return stream_soft_labels(model, _loader(data, chunk, None, p.pseudo.batch_size), p.pseudo.temperature)
+        return stream_soft_labels(model, _loader(p, data, chunk, tf, p.pseudo.batch_size), p.pseudo.temperature)
 
     written = 0
     with _tracker(p, f"pseudo_label@{iteration}") as run:
@@ -170,11 +188,10 @@ def pseudo_label_stage(
 def select_stage(p: Params, iteration: str, data_dir: Path, labels: Path, out: Path, metrics_out: Path) -> dict:
     from .shards import select_dataset
 
-    data = D.Prepared.load(data_dir)
+    data = _load_data(p, data_dir)
     with _tracker(p, f"select@{iteration}") as run:
         run.log_params({"select": p.select.model_dump()})
-        truth_path = data.root / "unlabeled_truth.parquet"  # hidden labels exist for digits only
-        truth = pd.read_parquet(truth_path).set_index("id")["label"] if truth_path.exists() else None
+        truth = pd.read_parquet(data.root / "unlabeled_truth.parquet").set_index("id")["label"]  # where known
         stats = select_dataset(labels, out, p.select.threshold, p.select.per_class, data.num_classes, p.select.seed, truth=truth)
         atomic_write_json(metrics_out, stats)
         run.log_metrics({k: v for k, v in stats.items() if not isinstance(v, dict)})
@@ -184,11 +201,12 @@ def select_stage(p: Params, iteration: str, data_dir: Path, labels: Path, out: P
 
 def evaluate_stage(p: Params, model_name: str, data_dir: Path, ckpt_path: Path, metrics_out: Path, predictions_out: Path) -> dict:
     _threads(p)
-    data = D.Prepared.load(data_dir)
+    data = _load_data(p, data_dir)
     model, ckpt = load_model(ckpt_path)
     test = data.split("test")
     with _tracker(p, f"evaluate@{model_name}") as run:
-        logits, _ = predict_logits(model, _loader(data, test["id"].to_numpy(), None, p.eval.batch_size), desc=f"evaluate@{model_name}")
+        tf = eval_transform(ckpt["data_config"])
+        logits, _ = predict_logits(model, _loader(p, data, test["id"].to_numpy(), tf, p.eval.batch_size), desc=f"evaluate@{model_name}")
         labels = test["label"].to_numpy()
         m = classification_metrics(logits.numpy(), labels, data.num_classes, p.eval.ece_bins)
         m = {"model": model_name, "arch": ckpt["arch"], "num_params": num_params(model), **m}

@@ -208,9 +208,11 @@ def select_dataset(
         "per_class": {str(c): int(n) for c, n in enumerate(per_class_counts)},
         "mean_confidence": float(conf.mean()) if len(conf) else 0.0,
     }
-    if truth is not None:  # from the pass-1 arrays: nothing is read again
-        rows = pd.DataFrame({"id": ids, "label": labels})
+    if truth is not None and len(truth):  # from the pass-1 arrays: nothing is read again
+        known = np.isin(ids, truth.index.to_numpy())  # e.g. STL-10's unlabeled split has no labels
+        rows = pd.DataFrame({"id": ids[known], "label": labels[known]})
+        stats["pseudo_label_truth_known"] = int(known.sum())
         stats["pseudo_label_acc_all"] = pseudo_label_accuracy(rows, truth)
-        stats["pseudo_label_acc_selected"] = pseudo_label_accuracy(rows[copies > 0], truth)
+        stats["pseudo_label_acc_selected"] = pseudo_label_accuracy(rows[copies[known] > 0], truth)
     return stats
 

@@ -1,11 +1,39 @@
 """Input transforms. Input noise lives here and only here (RandAugment); labeling and
-evaluation always use `eval_transform`."""
+evaluation always use `eval_transform`.
+
+Each model gets its own data config (input size, mean/std, interpolation, crop), resolved
+once by `data_config` from timm's config for the architecture and the data, and stored in
+its checkpoint: whoever later labels or evaluates with that model uses exactly the same
+preprocessing.
+"""
 from __future__ import annotations
 
+import math
+
+from timm.data import resolve_data_config
 from timm.data.auto_augment import rand_augment_transform
+from timm.models import get_pretrained_cfg
 from torchvision import transforms as T
 
-MEAN, STD = 0.5, 0.5
+from . import models  # noqa: F401  (registers ns_resnet_* and their data configs in timm)
+
+
+def data_config(arch: str, in_chans: int, image_size: int | None, native_size: int | None) -> dict:
+    """Preprocessing for `arch` on data with `in_chans` channels.
+
+    Size: `image_size` when set, else the data's own size (array datasets are already
+    tight), else the model's input size (image folders). Mean/std/interpolation/crop come
+    from timm's config for the architecture, averaged to one channel for grayscale."""
+    pc = get_pretrained_cfg(arch)
+    cfg = resolve_data_config({}, pretrained_cfg=pc.to_dict()) if pc is not None else resolve_data_config({"input_size": (3, 224, 224)})
+    size = image_size or native_size or int(cfg["input_size"][-1])
+    mean, std = list(cfg["mean"]), list(cfg["std"])
+    if in_chans != len(mean):
+        mean, std = [sum(mean) / len(mean)] * in_chans, [sum(std) / len(std)] * in_chans
+    # array datasets hold whole, tight images: only resized; files get timm's resize + centre crop
+    crop_pct = 1.0 if native_size else float(cfg.get("crop_pct") or 1.0)
+    return {"input_size": [in_chans, size, size], "mean": mean, "std": std,
+            "interpolation": str(cfg.get("interpolation") or "bilinear"), "crop_pct": crop_pct, "native_size": native_size}
 
 
 def randaugment_config(n: int, m: float) -> str:
@@ -17,18 +45,26 @@ def randaugment_config(n: int, m: float) -> str:
     return f"rand-m{m:g}-n{n}-mmax{mmax:g}"
 
 
-def _to_tensor(in_chans: int) -> T.Compose:
-    return T.Compose([T.ToTensor(), T.Normalize([MEAN] * in_chans, [STD] * in_chans)])
+def _resize(cfg: dict) -> list:
+    size = cfg["input_size"][-1]
+    if cfg.get("native_size") == size:
+        return []  # already the right size: no resampling at all
+    interp = T.InterpolationMode(cfg["interpolation"])
+    return [T.Resize(math.floor(size / cfg["crop_pct"]), interpolation=interp), T.CenterCrop(size)]
 
 
-def eval_transform(in_chans: int) -> T.Compose:
-    return _to_tensor(in_chans)
+def _to_tensor(cfg: dict) -> list:
+    return [T.ToTensor(), T.Normalize(cfg["mean"], cfg["std"])]
 
 
-def train_transform(in_chans: int, randaugment: str) -> T.Compose:
+def eval_transform(cfg: dict) -> T.Compose:
+    return T.Compose(_resize(cfg) + _to_tensor(cfg))
+
+
+def train_transform(cfg: dict, randaugment: str) -> T.Compose:
     if not randaugment:
-        return _to_tensor(in_chans)
+        return eval_transform(cfg)
     # fill with black (an int works for both 'L' and 'RGB' PIL images); translation relative
     # to image size, since timm's absolute default (250 px) assumes ImageNet-sized images
     hparams = {"img_mean": 0, "translate_pct": 0.3}
-    return T.Compose([rand_augment_transform(randaugment, hparams), _to_tensor(in_chans)])
+    return T.Compose(_resize(cfg) + [rand_augment_transform(randaugment, hparams)] + _to_tensor(cfg))

@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 
 from noisystudent.data import Prepared, one_hot, prepare, split_stratified
+from noisystudent.params import DataParams
 
 
 def test_split_is_stratified_disjoint_and_seeded():
@@ -18,15 +19,22 @@ def test_split_is_stratified_disjoint_and_seeded():
 
 
 def test_split_too_small_class_is_an_error():
-    with pytest.raises(ValueError, match="class 1 has 3 images"):
-        split_stratified(np.array([0] * 10 + [1] * 3), {"labeled": 2, "val": 1}, 0)
+    with pytest.raises(ValueError, match="class 1 has 2 images"):
+        split_stratified(np.array([0] * 10 + [1] * 2), {"labeled": 2, "val": 1}, 0)
+
+
+def test_split_none_takes_the_rest():
+    labels = np.repeat(np.arange(2), 10)
+    s = split_stratified(labels, {"labeled": None, "val": 3}, 0)
+    assert len(s["val"]) == 6 and len(s["labeled"]) == 14 and len(s["unlabeled"]) == 0
 
 
 def test_prepare_digits_hides_unlabeled_labels(tmp_path):
-    meta = prepare(tmp_path, image_size=16, labeled_per_class=3, val_per_class=5, test_per_class=10, seed=0)
+    meta = prepare(tmp_path, DataParams(image_size=16, labeled_per_class=3, val_per_class=5, test_per_class=10, seed=0))
     d = Prepared.load(tmp_path)
     assert meta["counts"]["labeled"] == 30 and d.num_classes == 10 and d.in_chans == 1
-    assert d.images.shape[1:] == (16, 16) and d.images.dtype == np.uint8
+    assert d.images.array.shape[1:] == (16, 16) and d.images.array.dtype == np.uint8
+    assert d.images[0].size == (16, 16) and d.images[0].mode == "L"
     assert list(d.split("unlabeled").columns) == ["id"]
     truth = pd.read_parquet(tmp_path / "unlabeled_truth.parquet")
     assert len(truth) == meta["counts"]["unlabeled"] == 1797 - 30 - 50 - 100

@@ -87,9 +87,12 @@ def test_transparent_pixels_become_black(tmp_path):
     assert np.asarray(load_image(tmp_path / "t.png")).max() == 0
 
 
-def test_scan_splits_good_and_bad(tmp_path, rng_image):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_scan_reports_reason_and_own_mode_in_order(tmp_path, rng_image, workers):
     rng_image.save(tmp_path / "ok.png")
     (tmp_path / "empty.png").write_bytes(b"")
-    good, bad = scan([tmp_path / "ok.png", tmp_path / "empty.png"])
-    assert good == [tmp_path / "ok.png"]
-    assert bad == [(tmp_path / "empty.png", "empty file (0 bytes)")]
+    Image.new("CMYK", (5, 5)).save(tmp_path / "cmyk.jpg")
+    paths = [tmp_path / "ok.png", tmp_path / "empty.png", tmp_path / "cmyk.jpg"] * 50  # several batches
+    out = scan(paths, workers=workers)
+    assert out[:3] == [("", rng_image.mode), ("empty file (0 bytes)", ""), ("", "CMYK")]
+    assert out == out[:3] * 50

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from noisystudent.transforms import eval_transform, randaugment_config, train_transform
+from noisystudent.transforms import data_config, eval_transform, randaugment_config, train_transform
 
 
 def test_randaugment_magnitude_above_10_is_not_clipped():
@@ -11,7 +11,7 @@ def test_randaugment_magnitude_above_10_is_not_clipped():
     assert randaugment_config(2, 9) == "rand-m9-n2-mmax10"
     assert randaugment_config(0, 9) == "" and randaugment_config(2, 0) == ""
     # timm parses mmax and keeps the magnitude unclipped
-    tf = train_transform(1, "rand-m27-n2-mmax27").transforms[0]
+    tf = train_transform(data_config("ns_resnet_s", 1, 16, 16), "rand-m27-n2-mmax27").transforms[0]
     assert all(op.magnitude == 27 and op.magnitude_max == 27 for op in tf.ops)
 
 
@@ -20,13 +20,32 @@ def test_train_transform_noises_and_eval_does_not(mode, chans):
     rng = np.random.default_rng(0)
     shape = (16, 16) if mode == "L" else (16, 16, 3)
     img = Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode)
-    ev = eval_transform(chans)
+    cfg = data_config("ns_resnet_s", chans, 16, 16)
+    ev = eval_transform(cfg)
     assert torch.equal(ev(img), ev(img)) and ev(img).shape == (chans, 16, 16)
     torch.manual_seed(0)
     import random
 
     random.seed(0)
-    tr = train_transform(chans, randaugment_config(2, 15))
+    tr = train_transform(cfg, randaugment_config(2, 15))
     outs = [tr(img) for _ in range(8)]
     assert all(o.shape == (chans, 16, 16) for o in outs)
     assert any(not torch.equal(o, ev(img)) for o in outs)
+
+
+def test_data_config_follows_model_and_data():
+    # small ResNets: [-1, 1] inputs; array data keeps its own size (no resampling at all)
+    cfg = data_config("ns_resnet_s", 1, None, 32)
+    assert cfg["input_size"] == [1, 32, 32] and cfg["mean"] == [0.5] and cfg["std"] == [0.5]
+    assert len(eval_transform(cfg).transforms) == 2  # ToTensor, Normalize
+    # a timm ImageNet model on an image folder: its own input size, mean/std, resize + centre crop
+    cfg = data_config("resnet18", 3, None, None)
+    assert cfg["input_size"] == [3, 224, 224] and cfg["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    big = Image.new("RGB", (300, 200))
+    assert eval_transform(cfg)(big).shape == (3, 224, 224)
+    # grayscale: the three-channel statistics averaged to one
+    g = data_config("resnet18", 1, 64, None)
+    assert g["input_size"] == [1, 64, 64] and g["mean"] == pytest.approx([(0.485 + 0.456 + 0.406) / 3])
+    assert eval_transform(g)(Image.new("L", (90, 70))).shape == (1, 64, 64)
+    # an explicit image_size resizes array data too
+    assert eval_transform(data_config("ns_resnet_s", 3, 48, 32))(Image.new("RGB", (32, 32))).shape == (3, 48, 48)
