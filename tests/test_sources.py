@@ -1,0 +1,163 @@
+"""Every data source through `prepare`, on tiny data made here in each source's own format."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from fixtures import BAD_KINDS, CONVERTIBLE, make_cifar10, make_imagefolder, make_stl10, make_svhn, trust_torchvision_files
+from noisystudent.data import Prepared, prepare
+from noisystudent.params import DataParams, ParamsError, load_params
+from noisystudent.sources import DataError
+
+
+def params(name, root, **kw):
+    base = {"name": name, "root": str(root), "image_size": None, "labeled_per_class": 2, "val_per_class": 1, "test_per_class": None}
+    return DataParams(**{**base, **kw})
+
+
+def pixels(d: Prepared, split: str) -> np.ndarray:
+    return np.stack([np.asarray(d.images[i]) for i in d.split(split)["id"]])
+
+
+def assert_disjoint(d: Prepared) -> None:
+    ids = [d.split(s)["id"].to_numpy() for s in ("labeled", "unlabeled", "val", "test")]
+    allids = np.concatenate(ids)
+    assert len(allids) == len(set(allids.tolist()))
+
+
+def test_cifar10_hides_all_but_n_labels_per_class(tmp_path, monkeypatch):
+    trust_torchvision_files(monkeypatch)
+    src = make_cifar10(tmp_path / "raw", per_class_train=6, per_class_test=3)
+    meta = prepare(tmp_path / "p", params("cifar10", tmp_path / "raw", labeled_per_class=2, val_per_class=1))
+    d = Prepared.load(tmp_path / "p")
+    assert meta["counts"] == {"labeled": 20, "val": 10, "unlabeled": 30, "test": 30}
+    assert d.in_chans == 3 and d.image_size == 32 and meta["class_names"][:2] == ["c0", "c1"]
+    lab = d.split("labeled")
+    assert np.bincount(lab["label"]).tolist() == [2] * 10
+    # images are torchvision's pixels, with their labels
+    xtr, ytr = src["train"]
+    assert np.array_equal(pixels(d, "labeled"), xtr[lab["id"]]) and np.array_equal(lab["label"], ytr[lab["id"]])
+    assert list(d.split("unlabeled").columns) == ["id"]  # hidden...
+    truth = pd.read_parquet(tmp_path / "p/unlabeled_truth.parquet")
+    assert len(truth) == 30 and np.array_equal(truth["label"], ytr[truth["id"]])  # ...but kept to score pseudo labels
+    xte, _ = src["test"]
+    assert np.array_equal(pixels(d, "test"), xte)
+    assert_disjoint(d)
+
+
+def test_cifar10_test_cap_per_class(tmp_path, monkeypatch):
+    trust_torchvision_files(monkeypatch)
+    make_cifar10(tmp_path / "raw", per_class_test=3)
+    meta = prepare(tmp_path / "p", params("cifar10", tmp_path / "raw", test_per_class=2))
+    assert meta["counts"]["test"] == 20
+
+
+def test_svhn_uses_extra_as_the_unlabeled_pool(tmp_path, monkeypatch):
+    trust_torchvision_files(monkeypatch)
+    src = make_svhn(tmp_path / "raw")
+    meta = prepare(tmp_path / "p", params("svhn", tmp_path / "raw", labeled_per_class=None, val_per_class=1))
+    d = Prepared.load(tmp_path / "p")
+    # all of train is labeled (less val); the pool is exactly `extra`
+    assert meta["counts"] == {"labeled": 40, "val": 10, "unlabeled": 80, "test": 20}
+    xex, yex = src["extra"]
+    assert np.array_equal(pixels(d, "unlabeled"), xex)
+    truth = pd.read_parquet(tmp_path / "p/unlabeled_truth.parquet")
+    assert np.array_equal(truth["label"].to_numpy(), yex)  # the '10 means 0' convention undone by torchvision
+    lab = d.split("labeled")
+    assert np.array_equal(pixels(d, "labeled"), src["train"][0][lab["id"]])
+
+
+def test_stl10_unlabeled_split_has_no_labels(tmp_path, monkeypatch):
+    trust_torchvision_files(monkeypatch)
+    src = make_stl10(tmp_path / "raw", per_class_train=4)
+    meta = prepare(tmp_path / "p", params("stl10", tmp_path / "raw", labeled_per_class=2, val_per_class=1))
+    d = Prepared.load(tmp_path / "p")
+    # the 10 train images not carved out join the 25 of the unlabeled split
+    assert meta["counts"] == {"labeled": 20, "val": 10, "unlabeled": 35, "test": 20}
+    assert d.image_size == 96 and meta["class_names"][0] == "k0"
+    truth = pd.read_parquet(tmp_path / "p/unlabeled_truth.parquet")
+    # only the 10 train leftovers have a hidden label; the unlabeled split has none
+    assert len(truth) == 10 == meta["unlabeled_with_truth"] and truth["id"].max() < 40
+    unl = pixels(d, "unlabeled")
+    assert np.array_equal(unl[-25:], src["unlabeled"][0])  # the HWC pixels we wrote, through torchvision's reader
+    assert np.array_equal(pixels(d, "test"), src["test"][0])
+
+
+def test_torchvision_set_missing_names_root_and_download(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"data.root=.*empty: no usable cifar10 there .*data.download: true"):
+        prepare(tmp_path / "p", params("cifar10", tmp_path / "empty"))
+    assert not (tmp_path / "p").exists()
+
+
+def test_imagefolder_lists_bad_files_converts_odd_ones(tmp_path):
+    root = make_imagefolder(tmp_path / "raw", train=8, test=4, unlabeled=30)
+    (root / "train/cat/stray.txt").write_text("x")  # a bad file in a labeled folder
+    (root / "train/readme.md").write_text("x")  # a file outside any class folder
+    meta = prepare(tmp_path / "p", params("imagefolder", root, labeled_per_class=None, val_per_class=2))
+    d = Prepared.load(tmp_path / "p")
+    report = pd.read_csv(tmp_path / "p/bad_files.csv")
+    reasons = dict(zip(report["path"], report["reason"]))
+    for path, why in BAD_KINDS.items():
+        assert reasons[path].startswith(why), (path, reasons[path])
+    assert reasons["train/cat/stray.txt"].startswith("not an image")
+    assert reasons["train/readme.md"] == "not inside a class folder"
+    assert len(report) == len(BAD_KINDS) + 2 == meta["bad_files"]
+    assert meta["bad_by_reason"] == {"empty file": 1, "not an image": 2, "not inside a class folder": 1,
+                                     "too large to decode safely": 1, "truncated or corrupt": 1}
+    assert meta["converted_by_mode"] == {m: 1 for m in CONVERTIBLE.values()}
+    # 3 classes: 8 train each -> 2 val + 6 labeled; pool: 30 good + 5 converted
+    assert meta["counts"] == {"labeled": 18, "val": 6, "unlabeled": 35, "test": 12}
+    assert d.in_chans == 3 and meta["class_names"] == ["cat", "dog", "owl"]
+    files = pd.read_parquet(tmp_path / "p/files.parquet").set_index("id")["path"]
+    pool = set(files[d.split("unlabeled")["id"]])
+    assert not pool & set(BAD_KINDS) and set(CONVERTIBLE) <= pool
+    assert all(p.count("/") == 3 for p in pool if "batch" in p)  # any nesting is found
+    for i in d.split("unlabeled")["id"]:  # every kept image decodes in the model's mode
+        im = d.images[int(i)]
+        assert im.mode == "RGB" and im.size == (12, 12)
+    assert_disjoint(d)
+
+
+def test_imagefolder_grayscale_and_val_folder(tmp_path):
+    root = make_imagefolder(tmp_path / "raw", gray=True, bad=False)
+    make_imagefolder(tmp_path / "v", gray=True, bad=False, train=2)
+    (tmp_path / "v/train").rename(root / "val")
+    meta = prepare(tmp_path / "p", params("imagefolder", root, labeled_per_class=3))
+    d = Prepared.load(tmp_path / "p")
+    assert d.in_chans == 1 and d.images[0].mode == "L"
+    # val comes from val/, so train gives labeled only; the rest joins the pool
+    assert meta["counts"] == {"labeled": 9, "unlabeled": 30 + 15, "val": 6, "test": 12}
+    assert len(pd.read_parquet(tmp_path / "p/unlabeled_truth.parquet")) == 15  # only train leftovers are known
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda r: [p.unlink() for p in (r / "train").rglob("*.png")], r"train/ holds no image files"),
+        (lambda r: [__import__("shutil").rmtree(r / "train" / c) for c in ("dog", "owl")], r"train/ has one class \('cat'\)"),
+        (lambda r: __import__("shutil").rmtree(r / "train"), r"train/ not found"),
+        (lambda r: __import__("shutil").rmtree(r / "unlabeled"), r"unlabeled/ not found"),
+        (lambda r: (r / "test/zebra").mkdir(), r"test/ has classes not in train/: \['zebra'\]"),
+        (lambda r: [p.write_bytes(b"") for p in (r / "train/owl").glob("*")], r"no usable image in class\(es\) \['owl'\]"),
+    ],
+    ids=["empty", "one-class", "no-train", "no-unlabeled", "unknown-test-class", "class-all-bad"],
+)
+def test_imagefolder_unusable_layout_is_a_clear_error(tmp_path, damage, message):
+    root = make_imagefolder(tmp_path / "raw", bad=False)
+    damage(root)
+    with pytest.raises(DataError, match=message):
+        prepare(tmp_path / "p", params("imagefolder", root))
+    assert not (tmp_path / "p").exists()  # nothing half-written
+
+
+def test_params_check_source_settings(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("data: {name: imagefolder, root: nowhere}\niterations: {s1: {teacher: teacher, arch: ns_resnet_s}}\neval: {models: [teacher, s1]}\n")
+    with pytest.raises(ParamsError, match="data: .*root: folder 'nowhere' not found"):
+        load_params(f)
+    f.write_text(f"data: {{name: imagefolder, root: {tmp_path}, download: true}}\niterations: {{s1: {{teacher: teacher, arch: ns_resnet_s}}}}\neval: {{models: [teacher, s1]}}\n")
+    with pytest.raises(ParamsError, match="cannot be downloaded"):
+        load_params(f)
+    f.write_text("data: {name: imagenet}\niterations: {s1: {teacher: teacher, arch: ns_resnet_s}}\neval: {models: [teacher, s1]}\n")
+    with pytest.raises(ParamsError, match="data.name: Input should be 'digits', 'cifar10', 'svhn', 'stl10' or 'imagefolder'"):
+        load_params(f)
