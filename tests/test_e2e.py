@@ -36,19 +36,20 @@ def ran(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    dst = tmp_path_factory.mktemp("e2e") / "repo"
+def make_repo(dst: Path, **overrides) -> tuple[Path, dict]:
+    """A git repo holding what a fresh clone holds, with tiny params (+ overrides by section)."""
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split()
     for f in files:
-        if f.startswith(("metrics/", "data/", "models/")) or f == "dvc.lock" or not (ROOT / f).is_file():
+        if f.startswith(("metrics/", "models/", "data/pseudo/")) or f == "dvc.lock" or not (ROOT / f).is_file():
             continue  # start from a fresh clone's state, without our results
         (dst / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / f, dst / f)
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     for section, values in tiny_raw(mlflow={"enabled": True, "experiment": "e2e"}).items():
         raw[section] = values if section in ("iterations",) else {**raw[section], **values}
+    for section, values in overrides.items():
+        raw[section] = {**raw[section], **values}
     (dst / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # `python` in dvc.yaml = this interpreter
@@ -58,6 +59,11 @@ def repo(tmp_path_factory):
     sh(["git", "add", "-A"], dst, env)
     sh(["git", "commit", "-qm", "init"], dst, env)
     return dst, env
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    return make_repo(tmp_path_factory.mktemp("e2e") / "repo")
 
 
 def mlflow_runs(root: Path):
@@ -138,3 +144,27 @@ def test_bad_param_fails_stage_and_writes_nothing(repo, tmp_path):
     assert "teacher.arch: unknown timm model 'no_such_model'" in out
     # DVC removes a stage's outputs before running it; none is half-written or re-created
     assert not (bad / "models/teacher.pt").exists() or (bad / "models/teacher.pt").read_bytes() == before
+
+
+def test_imagefolder_through_dvc_repro(tmp_path):
+    """The user's own folder (nested pool, junk files, odd modes) through the real pipeline."""
+    from fixtures import BAD_KINDS, make_imagefolder
+
+    root, env = make_repo(tmp_path / "repo", data={"name": "imagefolder", "root": "data/raw/mine", "image_size": 12,
+                                                    "labeled_per_class": None, "val_per_class": 2, "test_per_class": None,
+                                                    "num_workers": 2})
+    make_imagefolder(root / "data/raw/mine", train=8, test=4, unlabeled=40)
+    out = dvc("repro", cwd=root, env=env)
+    assert ran(out) == FIRST_ITER | STUDENT_SIDE, out
+    prep = json.loads((root / "metrics/prepare.json").read_text())
+    assert prep["bad_files"] == len(BAD_KINDS) and prep["n_unlabeled"] == 45 and prep["converted"] == 5
+    assert f"{len(BAD_KINDS)} unusable file(s) left out" in out
+    assert len(open(root / "data/prepared/bad_files.csv").read().splitlines()) == len(BAD_KINDS) + 1
+    summary = json.loads((root / "metrics/summary.json").read_text())
+    assert len(summary["student_test_acc"]) == 2 and 0 <= summary["best_student_test_acc"] <= 1
+    sel = json.loads((root / "metrics/s1/select.json").read_text())
+    assert sel["pseudo_labeled"] == 45 and "pseudo_label_acc_all" not in sel  # a folder pool has no hidden labels
+    assert ran(dvc("repro", cwd=root, env=env)) == set()
+    # a new image in the folder is a change DVC sees: the pipeline runs again from prepare
+    (root / "data/raw/mine/unlabeled/batch0/sub0/img0000.jpg").rename(root / "data/raw/mine/unlabeled/moved.jpg")
+    assert "prepare" in ran(dvc("repro", cwd=root, env=env))
