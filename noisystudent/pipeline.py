@@ -169,7 +169,8 @@ def pseudo_label_stage(
     fingerprint = {"teacher_sha256": file_sha256(teacher_ckpt), "ids_sha256": ids_digest(ids), "num_ids": int(len(ids)),
                    "temperature": p.pseudo.temperature, "batch_size": p.pseudo.batch_size, "num_shards": num_shards,
                    "rows_per_file": p.pseudo.rows_per_file}
-    open_labels_dir(out, fingerprint)
+    # under torchrun every rank labels its own shards into one folder; rank 0 sets it up
+    open_labels_dir(out, fingerprint, leader=shard is not None or int(os.environ.get("RANK", "0")) == 0)
 
     def predict(chunk: np.ndarray):
         return stream_soft_labels(model, _loader(p, data, chunk, tf, p.pseudo.batch_size), p.pseudo.temperature)

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -59,22 +60,38 @@ def ids_digest(ids: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int64).tobytes()).hexdigest()
 
 
-def open_labels_dir(out: Path, fingerprint: dict) -> None:
+def open_labels_dir(out: Path, fingerprint: dict, leader: bool = True, wait_s: float = 600.0) -> None:
     """Create `out`, or keep it for resuming when it was made for the same fingerprint;
-    otherwise clear its shard files (they belong to another teacher or params)."""
-    out.mkdir(parents=True, exist_ok=True)
+    otherwise clear its shard files (they belong to another teacher or params).
+
+    Several processes labeling one folder (torchrun ranks) must not clear each other's
+    parts: only the `leader` (rank 0) clears and writes the fingerprint; the others wait
+    until the folder carries the right one."""
     fp_file = out / FINGERPRINT
+    if not leader:
+        deadline = time.monotonic() + wait_s
+        while _read_fingerprint(fp_file) != fingerprint:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{out}: rank 0 did not set up the labels folder within {wait_s:.0f} s")
+            time.sleep(0.2)
+        return
+    out.mkdir(parents=True, exist_ok=True)
     if fp_file.exists():
-        try:
-            old = json.loads(fp_file.read_text())
-        except ValueError:
-            old = None
+        old = _read_fingerprint(fp_file)
         if old == fingerprint:
             return
         print(f"{out}: made for other inputs ({_diff(old, fingerprint)}); starting afresh", flush=True)
+    # a fresh folder has nothing to clear: separate `--shard i` jobs may start on it at once
     for f in out.glob("shard-*"):
         f.unlink()
     atomic_write_json(fp_file, fingerprint)
+
+
+def _read_fingerprint(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _diff(old: dict | None, new: dict) -> str:

@@ -1,5 +1,6 @@
 """Streaming, sharded, resumable labeling and the out-of-core selection."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -115,4 +116,22 @@ def test_shards_labeled_separately_equal_one_run(teacher, tmp_path):
         assert _stage([*common, "--out", str(tmp_path / "split"), "--shard", str(s)], env).returncode == 0
     assert _stage([*common, "--out", str(tmp_path / "one")], env).returncode == 0
     a, b = read_labels(tmp_path / "split"), read_labels(tmp_path / "one")
+    pd.testing.assert_frame_equal(a.sort_values("id", ignore_index=True), b.sort_values("id", ignore_index=True))
+
+
+def test_torchrun_ranks_label_their_own_shards(teacher, tmp_path):
+    """`torchrun --nproc_per_node 2`: each rank labels its shards into one folder; together
+    they give exactly the rows of a single process (none lost, none twice)."""
+    env = {**os.environ, "NS_QUIET": "1"}
+    common = ["--iteration", "s1", "--data", str(teacher / "data"), "--teacher", str(teacher / "teacher.pt"), "--params", str(teacher / "params.yaml")]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+                        "-m", "stages.pseudo_label", *common, "--out", str(tmp_path / "ddp"), "--num-shards", "4"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    done = sorted(f.name for f in (tmp_path / "ddp").glob("*.done"))
+    assert done == [f"shard-{s:05d}-of-00004.done" for s in range(4)]
+    counts = [int(n) for n in re.findall(r"wrote (\d+) rows", r.stdout)]
+    assert len(counts) == 2 and all(counts) and sum(counts) == len(read_labels(tmp_path / "ddp"))  # both ranks worked
+    assert _stage([*common, "--out", str(tmp_path / "one"), "--num-shards", "4"], env).returncode == 0
+    a, b = read_labels(tmp_path / "ddp"), read_labels(tmp_path / "one")
     pd.testing.assert_frame_equal(a.sort_values("id", ignore_index=True), b.sort_values("id", ignore_index=True))
