@@ -1,8 +1,9 @@
 """Shared plumbing for the thin stage commands in `stages/`."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Iterator
 
 import typer
 
@@ -22,6 +23,17 @@ def read_params(path: Path) -> Params:
     except ParamsError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Bad inputs (data, checkpoints, missing files) end the stage with one line, exit 1."""
+    from .io import InputError
+
+    try:
+        yield
+    except (InputError, FileNotFoundError) as e:
+        fail(str(e))
 
 
 def fail(msg: str) -> None:

@@ -16,6 +16,15 @@ import numpy as np
 import pandas as pd
 
 
+class InputError(ValueError):
+    """A problem with what the user gave (data, checkpoint, folder): stage commands print it
+    as one line naming the file, without a traceback."""
+
+
+class CheckpointError(InputError):
+    pass
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
@@ -80,4 +89,4 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError for anything beyond plain data
-        raise ValueError(f"{path}: refused to load (not a plain-data checkpoint): {e}") from None
+        raise CheckpointError(f"{path}: refused to load (not a plain-data checkpoint): {e}") from None

@@ -6,6 +6,7 @@ equal to 1``) and nothing is written.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -30,7 +31,7 @@ class DataParams(_Section):
     image_size: PosInt | None = None  # digits: 16 when None; None: the data's own size (arrays) or the model's input size (folders)
     channels: Literal[1, 3] | None = None  # None: from the data (folders: 1 if every labeled image is grayscale)
     labeled_per_class: PosInt | None = 3  # None: all of train (less val); the rest joins the unlabeled pool
-    val_per_class: Annotated[int, Field(ge=0)] = 10  # carved from train unless the source has a val split
+    val_per_class: PosInt = 10  # carved from train unless the source has a val split
     test_per_class: PosInt | None = 40  # digits: carved from the pool; others: cap on the test split (None: all)
     max_pixels: PosInt = 64_000_000  # larger images are refused (decompression bombs)
     num_workers: Annotated[int, Field(ge=0)] = 0  # DataLoader workers decoding images (prepare, labeling, eval)
@@ -80,6 +81,7 @@ class TrainParams(_Section):
     warmup_steps: Annotated[int, Field(ge=0)] = 20
     seed: int = 0  # model init and batch order; iteration i trains with seed + i
     num_threads: Annotated[int, Field(ge=0)] = 0  # 0 = torch default
+    checkpoint_every: Annotated[int, Field(ge=0)] = 100  # steps between resume checkpoints (models/.resume/); 0 = none
 
 
 class PseudoParams(_Section):
@@ -96,8 +98,9 @@ class SelectParams(_Section):
 
 
 class Iteration(_Section):
-    teacher: str
+    teacher: str  # 'teacher' or an earlier iteration
     arch: str
+    allow_smaller: bool = False  # the paper's students are equal or larger; opt in to a smaller one
 
 
 class EvalParams(_Section):
@@ -110,7 +113,7 @@ class EvalParams(_Section):
 
 class MlflowParams(_Section):
     enabled: bool = True
-    experiment: str = "noisy-student"
+    experiment: Annotated[str, Field(min_length=1)] = "noisy-student"
 
 
 class Params(_Section):
@@ -134,6 +137,8 @@ class Params(_Section):
         for name, it in its.items():
             if name == "teacher":
                 raise ValueError("'teacher' is reserved for the supervised model")
+            if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+                raise ValueError(f"{name!r}: an iteration name becomes a file name: letters, digits, '_' and '-' only")
             if it.teacher not in seen:
                 raise ValueError(f"{name}.teacher={it.teacher!r} must be 'teacher' or an earlier iteration")
             seen.add(name)
@@ -146,6 +151,19 @@ class Params(_Section):
         check_arch(self.teacher.arch, "teacher.arch")
         for name, it in self.iterations.items():
             check_arch(it.arch, f"iterations.{name}.arch")
+        return self
+
+    @model_validator(mode="after")
+    def _students_not_smaller(self) -> "Params":
+        from .models import count_params
+
+        for name, it in self.iterations.items():
+            t_arch = self.arch_of(it.teacher)
+            if not it.allow_smaller and count_params(it.arch) < count_params(t_arch):
+                raise ValueError(
+                    f"iterations.{name}.arch: {it.arch} ({count_params(it.arch):,} parameters) is smaller than its teacher "
+                    f"{t_arch} ({count_params(t_arch):,}); Noisy Student uses equal-or-larger students "
+                    f"(set iterations.{name}.allow_smaller: true to allow it)")
         return self
 
     @model_validator(mode="after")
@@ -170,6 +188,9 @@ def _describe(err: ValidationError) -> str:
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
         if "input" in e and e["type"] != "extra_forbidden" and not isinstance(e["input"], dict):
             msg += f" (got {e['input']!r})"
+        sub = re.match(r"(\w+): (.*)", msg)
+        if key and sub:  # a section's own check naming its key: data.root, not "data: root"
+            key, msg = f"{key}.{sub.group(1)}", sub.group(2)
         lines.append(f"{key}: {msg}" if key else msg)
     return "; ".join(lines)
 

@@ -19,7 +19,7 @@ from .models import create_model, num_params
 from .params import Params
 from .progress import progress
 from .tracking import StageRun
-from .train import FitConfig, fit, predict_logits, stream_soft_labels
+from .train import FitConfig, Resume, fit, predict_logits, stream_soft_labels
 from .transforms import data_config, eval_transform, randaugment_config, train_transform
 
 
@@ -109,8 +109,10 @@ def train_stage(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Pa
     cfg = FitConfig(
         steps=steps, batch_size=p.train.batch_size, lr=p.train.lr, momentum=p.train.momentum,
         weight_decay=p.train.weight_decay, warmup_steps=p.train.warmup_steps,
-        batch_ratio=1 if is_teacher else p.student.batch_ratio, seed=seed,
+        batch_ratio=1 if is_teacher else p.student.batch_ratio, seed=seed, checkpoint_every=p.train.checkpoint_every,
     )
+    resume = Resume(resume_path(out), _resume_fingerprint(name, arch, noise.model_dump(), cfg, dcfg,
+                                                          [data.root / "meta.json", data.root / "labeled.parquet", selected]))
     stage = "train_teacher" if is_teacher else f"train_student@{name}"
     with _tracker(p, stage) as run:
         run.log_params({"arch": arch, "role": "teacher" if is_teacher else "student", "num_params": num_params(model),
@@ -122,7 +124,7 @@ def train_stage(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Pa
             print(f"[{stage}] step {step}/{steps} " + " ".join(f"{k}={v:.4f}" for k, v in figs.items()), flush=True)
 
         t0 = time.perf_counter()
-        fit(model, labeled, cfg, pseudo_ds, on_log=on_log, desc=stage)
+        fit(model, labeled, cfg, pseudo_ds, on_log=on_log, desc=stage, resume=resume)
         seconds = time.perf_counter() - t0
         imgs = steps * cfg.batch_size * (1 + (0 if pseudo_ds is None else cfg.batch_ratio))
         result = {"val_acc": _accuracy(p, model, data, "val", tf_eval), "train_seconds": round(seconds, 2),
@@ -132,9 +134,24 @@ def train_stage(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Pa
         atomic_save_torch(out, ckpt)
         # timings go to MLflow only: the DVC metrics stay identical across identical runs
         atomic_write_json(metrics_out, {k: v for k, v in result.items() if k not in ("train_seconds", "images_per_second")})
+        resume.path.unlink(missing_ok=True)  # outputs complete: nothing left to resume
         run.log_metrics(result)
         run.log_artifact(metrics_out)
     return result
+
+
+def resume_path(out: Path) -> Path:
+    """Resume checkpoints live beside the model, in `.resume/`: not a DVC output, so DVC
+    neither deletes them before a re-run nor caches them."""
+    return out.parent / ".resume" / out.name
+
+
+def _resume_fingerprint(name: str, arch: str, noise: dict, cfg: FitConfig, dcfg: dict, inputs: list[Path | None]) -> dict:
+    from .shards import file_sha256
+
+    fit_cfg = {k: v for k, v in cfg.__dict__.items() if k != "checkpoint_every"}  # how often to save changes no result
+    return {"model": name, "arch": arch, "noise": noise, "fit": fit_cfg, "data_config": dcfg,
+            "inputs": {str(f): file_sha256(f) for f in inputs if f is not None}}
 
 
 def load_model(path: Path) -> tuple[torch.nn.Module, dict]:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .io import InputError
+
 
 @dataclass
 class Split:
@@ -44,7 +46,7 @@ class Source:
         return self.train.paths is not None
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A data problem, phrased as one line naming the folder or file."""
 
 

@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from noisystudent.cli import ParamsOpt, app, read_params
+from noisystudent.cli import ParamsOpt, app, read_params, user_errors
 
 cli = app(__doc__)
 
@@ -19,10 +19,11 @@ def main(
     params: ParamsOpt = Path("params.yaml"),
 ):
     p = read_params(params)
-    from noisystudent.pipeline import evaluate_stage
+    with user_errors():
+        from noisystudent.pipeline import evaluate_stage
 
-    m = evaluate_stage(p, model, data, checkpoint, metrics, predictions)
-    typer.echo(f"{model}: top1 {m['top1']:.4f} top5 {m['top5']:.4f} ece {m['ece']:.4f}")
+        m = evaluate_stage(p, model, data, checkpoint, metrics, predictions)
+        typer.echo(f"{model}: top1 {m['top1']:.4f} top5 {m['top5']:.4f} ece {m['ece']:.4f}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from noisystudent.cli import ParamsOpt, app, fail, read_params
+from noisystudent.cli import ParamsOpt, app, read_params, user_errors
 
 cli = app(__doc__)
 
@@ -18,16 +18,13 @@ def main(
     params: ParamsOpt = Path("params.yaml"),
 ):
     p = read_params(params)
-    from noisystudent.pipeline import prepare_stage
-    from noisystudent.sources import DataError
+    with user_errors():
+        from noisystudent.pipeline import prepare_stage
 
-    try:
         meta = prepare_stage(p, out, metrics)
-    except DataError as e:
-        fail(str(e))
-    typer.echo(f"prepared {meta['dataset']}: {meta['counts']}")
-    if meta["bad_files"]:
-        typer.echo(f"{meta['bad_files']} unusable file(s) left out, listed with reasons in {out / 'bad_files.csv'}: {meta['bad_by_reason']}")
+        typer.echo(f"prepared {meta['dataset']}: {meta['counts']}")
+        if meta["bad_files"]:
+            typer.echo(f"{meta['bad_files']} unusable file(s) left out, listed with reasons in {out / 'bad_files.csv'}: {meta['bad_by_reason']}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from noisystudent.cli import ParamsOpt, app, read_params
+from noisystudent.cli import ParamsOpt, app, read_params, user_errors
 
 cli = app(__doc__)
 
@@ -21,10 +21,11 @@ def main(
     params: ParamsOpt = Path("params.yaml"),
 ):
     p = read_params(params)
-    from noisystudent.pipeline import pseudo_label_stage
+    with user_errors():
+        from noisystudent.pipeline import pseudo_label_stage
 
-    n = pseudo_label_stage(p, iteration, data, teacher, out, shard, num_shards)
-    typer.echo(f"pseudo_label@{iteration}: wrote {n} rows to {out}")
+        n = pseudo_label_stage(p, iteration, data, teacher, out, shard, num_shards)
+        typer.echo(f"pseudo_label@{iteration}: wrote {n} rows to {out}")
 
 
 if __name__ == "__main__":

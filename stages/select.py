@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from noisystudent.cli import ParamsOpt, app, read_params
+from noisystudent.cli import ParamsOpt, app, read_params, user_errors
 
 cli = app(__doc__)
 
@@ -19,10 +19,11 @@ def main(
     params: ParamsOpt = Path("params.yaml"),
 ):
     p = read_params(params)
-    from noisystudent.pipeline import select_stage
+    with user_errors():
+        from noisystudent.pipeline import select_stage
 
-    s = select_stage(p, iteration, data, labels, out, metrics)
-    typer.echo(f"selected {s['selected']} ({s['unique']} unique), pseudo-label acc {s.get('pseudo_label_acc_selected', float('nan')):.4f}")
+        s = select_stage(p, iteration, data, labels, out, metrics)
+        typer.echo(f"selected {s['selected']} ({s['unique']} unique), pseudo-label acc {s.get('pseudo_label_acc_selected', float('nan')):.4f}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from noisystudent.cli import ParamsOpt, app, read_params
+from noisystudent.cli import ParamsOpt, app, read_params, user_errors
 
 cli = app(__doc__)
 
@@ -18,10 +18,11 @@ def main(
     params: ParamsOpt = Path("params.yaml"),
 ):
     p = read_params(params)
-    from noisystudent.pipeline import summary_stage
+    with user_errors():
+        from noisystudent.pipeline import summary_stage
 
-    s = summary_stage(p, evals, out, table, plot)
-    typer.echo(f"teacher {s['teacher_test_acc']:.4f} -> students {s['student_test_acc']}")
+        s = summary_stage(p, evals, out, table, plot)
+        typer.echo(f"teacher {s['teacher_test_acc']:.4f} -> students {s['student_test_acc']}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from noisystudent.cli import ParamsOpt, app, fail, read_params
+from noisystudent.cli import ParamsOpt, app, fail, read_params, user_errors
 
 cli = app(__doc__)
 
@@ -20,11 +20,12 @@ def main(
     params: ParamsOpt = Path("params.yaml"),
 ):
     p = read_params(params)
-    if iteration not in p.iterations:
-        fail(f"--iteration {iteration!r} is not a key of `iterations` in {params} ({', '.join(p.iterations)})")
-    from noisystudent.pipeline import train_stage
+    with user_errors():
+        if iteration not in p.iterations:
+            fail(f"--iteration {iteration!r} is not a key of `iterations` in {params} ({', '.join(p.iterations)})")
+        from noisystudent.pipeline import train_stage
 
-    train_stage(p, iteration, data, out, metrics, selected)
+        train_stage(p, iteration, data, out, metrics, selected)
 
 
 if __name__ == "__main__":

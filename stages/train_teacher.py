@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from noisystudent.cli import ParamsOpt, app, read_params
+from noisystudent.cli import ParamsOpt, app, read_params, user_errors
 
 cli = app(__doc__)
 
@@ -17,9 +17,10 @@ def main(
     params: ParamsOpt = Path("params.yaml"),
 ):
     p = read_params(params)
-    from noisystudent.pipeline import train_stage
+    with user_errors():
+        from noisystudent.pipeline import train_stage
 
-    train_stage(p, "teacher", data, out, metrics)
+        train_stage(p, "teacher", data, out, metrics)
 
 
 if __name__ == "__main__":

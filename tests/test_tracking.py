@@ -1,6 +1,6 @@
 import mlflow
 
-from noisystudent.tracking import StageRun, flatten
+from noisystudent.tracking import StageRun, flatten, sync_pending
 
 
 def test_flatten():
@@ -30,11 +30,71 @@ def test_child_runs_share_one_parent_per_pipeline(mlflow_uri, monkeypatch):
 
 
 def test_tracking_failure_warns_once_and_continues(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     (tmp_path / "a_file").write_text("")  # a file where the store's folder should be: cannot be created
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'a_file' / 'mlflow.db'}")
     with StageRun("prepare", "t", {}) as r:
         r.log_metrics({"a": 1.0})
         r.log_artifact(__file__)
     err = capsys.readouterr().err
-    assert err.count("WARNING: MLflow") == 1
+    assert err.count("WARNING: MLflow") == 1 and "mlflow-pending" in err
     assert r.run_id is None
+    assert len(list((tmp_path / "mlflow-pending").glob("*.json"))) == 1
+
+
+def test_server_down_records_are_spooled_and_sent_later(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-down")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there
+    art = tmp_path / "select.json"
+    art.write_text('{"selected": 7}')
+    with StageRun("select@s1", "t", {"select": {"threshold": 0.3}}) as r:
+        r.log_params({"select": {"per_class": 5}})
+        r.log_metrics({"loss": 1.0}, step=1)
+        r.log_metrics({"loss": 0.5}, step=2)
+        r.log_artifact(art)
+    assert capsys.readouterr().err.count("WARNING: MLflow") == 1
+    art.write_text('{"selected": 999}')  # a later run overwrites the file: the spool kept a copy
+    spooled = list((tmp_path / "mlflow-pending").glob("*.json"))
+    assert len(spooled) == 1
+
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", db)
+    assert sync_pending() == 1
+    assert not list((tmp_path / "mlflow-pending").iterdir())
+    client = mlflow.tracking.MlflowClient(db)
+    runs = mlflow.search_runs(experiment_names=["t"], output_format="list")
+    child = next(x for x in runs if x.info.run_name == "select@s1")
+    parent = next(x for x in runs if x.data.tags.get("ns.role") == "pipeline")
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id and parent.data.tags["dvc_exp_name"] == "exp-down"
+    assert child.data.params["select.per_class"] == "5" and parent.data.params["select.threshold"] == "0.3"
+    assert [(m.step, m.value) for m in client.get_metric_history(child.info.run_id, "loss")] == [(1, 1.0), (2, 0.5)]
+    assert child.info.status == "FINISHED" and child.data.tags["ns.sent_later"] == "true"
+    local = client.download_artifacts(child.info.run_id, "select.json", str(tmp_path / "dl"))
+    assert open(local).read() == '{"selected": 7}'
+
+
+def test_locked_store_is_retried_then_spooled_and_sent_by_the_next_stage(tmp_path, monkeypatch, capsys):
+    import sqlite3
+
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-locked")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(StageRun, "RETRIES", 1)
+    with StageRun("prepare", "t", {}):  # creates the store
+        pass
+    lock = sqlite3.connect(tmp_path / "mlflow.db", timeout=0)
+    lock.execute("BEGIN EXCLUSIVE")  # another writer holds the database
+    try:
+        with StageRun("train_teacher", "t", {}) as r:
+            r.log_metrics({"val_acc": 0.9}, step=10)
+    finally:
+        lock.rollback()
+        lock.close()
+    assert "locked" in capsys.readouterr().err
+    assert len(list((tmp_path / "mlflow-pending").glob("*.json"))) == 1
+    with StageRun("evaluate@teacher", "t", {}):  # the next stage sends what was kept
+        pass
+    names = sorted(x.info.run_name for x in mlflow.search_runs(experiment_names=["t"], output_format="list"))
+    assert names == ["evaluate@teacher", "exp-locked", "prepare", "train_teacher"]
+    assert not list((tmp_path / "mlflow-pending").glob("*.json"))

@@ -1,0 +1,78 @@
+"""Every bad params value in docs/bad_inputs.md, tried here: each stops with one line naming
+the key (and the value), before anything is written. The docs table is checked against this
+list, so neither can drift from the other."""
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from noisystudent.params import ParamsError, load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (overrides on the repository's params.yaml, dotted key -> value; what the message must say)
+CASES = [
+    ({"noise.dropout": 1.5}, "noise.dropout: Input should be less than or equal to 1 (got 1.5)"),
+    ({"noise.drop_path": -0.1}, "noise.drop_path: Input should be greater than or equal to 0 (got -0.1)"),
+    ({"noise.droput": 0.1}, "noise.droput: unknown key"),
+    ({"nosie": {}}, "nosie: unknown key"),
+    ({"noise.randaugment_m": 31}, "noise.randaugment_m: Input should be less than or equal to 30 (got 31)"),
+    ({"teacher.arch": "resnet_does_not_exist"}, "teacher.arch: unknown timm model 'resnet_does_not_exist'"),
+    ({"iterations.s2.arch": "nope"}, "iterations.s2.arch: unknown timm model 'nope'"),
+    ({"iterations.s2.teacher": "s9"}, "s2.teacher='s9' must be 'teacher' or an earlier iteration"),
+    ({"iterations.s1.arch": "ns_resnet_xs"}, "iterations.s1.arch: ns_resnet_xs (19,954 parameters) is smaller than its teacher ns_resnet_s"),
+    ({"iterations": {}, "eval.models": ["teacher"]}, "iterations: at least one iteration is needed"),
+    ({"iterations": {"teacher": {"teacher": "teacher", "arch": "ns_resnet_s"}}, "eval.models": ["teacher", "teacher"]}, "'teacher' is reserved"),
+    ({"iterations": {"s/1": {"teacher": "teacher", "arch": "ns_resnet_s"}}, "eval.models": ["teacher", "s/1"]}, "an iteration name becomes a file name"),
+    ({"eval.models": ["teacher", "s1"]}, "eval.models must list the teacher and every iteration in order"),
+    ({"train.batch_size": 0}, "train.batch_size: Input should be greater than 0 (got 0)"),
+    ({"train.lr": "fast"}, "train.lr: Input should be a valid number"),
+    ({"train.momentum": 1.2}, "train.momentum: Input should be less than or equal to 1 (got 1.2)"),
+    ({"train.label_smoothing": 1.0}, "train.label_smoothing: Input should be less than 1 (got 1.0)"),
+    ({"train.checkpoint_every": -1}, "train.checkpoint_every: Input should be greater than or equal to 0 (got -1)"),
+    ({"student.targets": "fuzzy"}, "student.targets: Input should be 'soft' or 'hard' (got 'fuzzy')"),
+    ({"student.batch_ratio": 0}, "student.batch_ratio: Input should be greater than 0 (got 0)"),
+    ({"select.threshold": -0.1}, "select.threshold: Input should be greater than or equal to 0 (got -0.1)"),
+    ({"select.per_class": -5}, "select.per_class: Input should be greater than 0 (got -5)"),
+    ({"pseudo.temperature": 0}, "pseudo.temperature: Input should be greater than 0 (got 0)"),
+    ({"pseudo.num_shards": 0}, "pseudo.num_shards: Input should be greater than 0 (got 0)"),
+    ({"data.name": "imagenet"}, "data.name: Input should be 'digits', 'cifar10', 'svhn', 'stl10' or 'imagefolder' (got 'imagenet')"),
+    ({"data.name": "cifar10", "data.root": "no/such/folder"}, "data.root: folder 'no/such/folder' not found"),
+    ({"data.name": "imagefolder", "data.download": True}, "data.download: an image folder cannot be downloaded"),
+    ({"data.test_per_class": None}, "data.test_per_class: digits needs a number"),
+    ({"data.channels": 2}, "data.channels: Input should be 1 or 3 (got 2)"),
+    ({"data.val_per_class": 0}, "data.val_per_class: Input should be greater than 0 (got 0)"),
+    ({"data.max_pixels": 0}, "data.max_pixels: Input should be greater than 0 (got 0)"),
+    ({"mlflow.enabled": "maybe"}, "mlflow.enabled: Input should be a valid boolean"),
+    ({"mlflow.experiment": ""}, "mlflow.experiment: String should have at least 1 character"),
+]
+
+
+def case_id(overrides: dict) -> str:
+    return ", ".join(f"{k}: {yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}" for k, v in overrides.items())
+
+
+def apply(raw: dict, overrides: dict) -> dict:
+    for key, value in overrides.items():
+        node, *path = raw, *key.split(".")
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = value
+    return raw
+
+
+@pytest.mark.parametrize("overrides, message", CASES, ids=[case_id(o) for o, _ in CASES])
+def test_bad_param_is_one_line_naming_key_and_value(tmp_path, overrides, message):
+    raw = apply(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError) as e:
+        load_params(tmp_path / "params.yaml")
+    assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_docs_table_lists_every_case():
+    doc = (ROOT / "docs/bad_inputs.md").read_text()
+    rows = set(re.findall(r"^\| `([^`]+)` \|", doc, flags=re.M))
+    assert {case_id(o) for o, _ in CASES} <= rows, sorted({case_id(o) for o, _ in CASES} - rows)
+    assert len(CASES) >= 20
