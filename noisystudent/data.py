@@ -16,7 +16,6 @@ for digits they are the indices into scikit-learn's array.
 from __future__ import annotations
 
 import json
-import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -276,16 +275,7 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, key: int | tuple[int, int]):
-        # training samplers give (index, augmentation seed): RandAugment draws from Python's
-        # and NumPy's global RNGs, seeded here per image, so its choices never depend on
-        # which process or worker loads the image, nor on a resume
-        if isinstance(key, tuple):
-            i, seed = key
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
-        else:
-            i = key
+    def __getitem__(self, i: int):
         x = self.transform(self.images[int(self.ids[i])])
         y = torch.from_numpy(self.targets[i]) if self.targets is not None else torch.tensor(int(self.ids[i]))
         return x, y

@@ -87,9 +87,28 @@ def lr_at(step: int, cfg: FitConfig) -> float:
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * t))
 
 
+class SeededDataset(Dataset):
+    """Wraps a dataset for CycleBatchSampler's (index, seed) keys: RandAugment draws from
+    Python's and NumPy's global RNGs, seeded here per image, so its choices never depend on
+    which process or worker loads the image, nor on a resume."""
+
+    def __init__(self, ds: Dataset):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, key: tuple[int, int]):
+        i, seed = key
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        return self.ds[i]
+
+
 def _loader(ds: Dataset, batch_size: int, cfg: FitConfig, stream: int, start: int) -> DataLoader:
     # num_workers=0: the images are tiny and in memory; workers would cost more than they save
-    return DataLoader(ds, batch_sampler=CycleBatchSampler(len(ds), batch_size, cfg.steps, cfg.seed, stream, start))
+    sampler = CycleBatchSampler(len(ds), batch_size, cfg.steps, cfg.seed, stream, start)
+    return DataLoader(SeededDataset(ds), batch_sampler=sampler)
 
 
 def _fault_kill_at(desc: str, step: int) -> None:

@@ -13,17 +13,24 @@ def test_soft_ce_equals_ce_for_one_hot():
 
 
 def test_cycle_sampler_covers_every_image_evenly():
-    g = torch.Generator().manual_seed(0)
-    batches = list(CycleBatchSampler(n=10, batch_size=4, steps=5, generator=g))
+    batches = list(CycleBatchSampler(n=10, batch_size=4, steps=5, seed=0, stream=0))
     assert len(batches) == 5 and all(len(b) == 4 for b in batches)
-    seen = np.bincount(np.concatenate(batches), minlength=10)
+    seen = np.bincount([i for b in batches for i, _ in b], minlength=10)
     assert seen.tolist() == [2] * 10  # 20 draws = two full permutations
+    seeds = [s for b in batches for _, s in b]
+    assert len(set(seeds)) == 20  # every draw its own augmentation seed
 
 
 def test_sampler_when_batch_larger_than_dataset():
-    g = torch.Generator().manual_seed(0)
-    (b,) = list(CycleBatchSampler(n=3, batch_size=7, steps=1, generator=g))
-    assert len(b) == 7 and set(b) == {0, 1, 2}
+    (b,) = list(CycleBatchSampler(n=3, batch_size=7, steps=1, seed=0, stream=0))
+    assert len(b) == 7 and {i for i, _ in b} == {0, 1, 2}
+
+
+def test_sampler_start_skips_exactly_the_first_batches():
+    full = list(CycleBatchSampler(n=7, batch_size=3, steps=9, seed=4, stream=1))
+    assert list(CycleBatchSampler(n=7, batch_size=3, steps=9, seed=4, stream=1, start=5)) == full[5:]
+    other = list(CycleBatchSampler(n=7, batch_size=3, steps=9, seed=4, stream=0))
+    assert other != full  # streams (labeled, pseudo) draw independently
 
 
 def test_lr_schedule_warmup_then_cosine():
