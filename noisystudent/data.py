@@ -29,7 +29,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .images import GRAY_MODES, load_image, scan
-from .io import atomic_path, atomic_write_csv, atomic_write_json, atomic_write_parquet
+from .io import atomic_dir, atomic_path, atomic_write_csv, atomic_write_json, atomic_write_parquet
 from .params import DataParams
 from .sources import DataError, Source, Split, load_source
 
@@ -113,7 +113,13 @@ def _write_images(path: Path, parts: list[np.ndarray], chunk: int = 4096) -> Non
 
 
 def prepare(out_dir: Path, dp: DataParams) -> dict:
-    """Load the source named by `dp`, drop unusable files, split, and write the folder."""
+    """Load the source named by `dp`, drop unusable files, split, and write the folder (as
+    a whole: a killed prepare leaves the previous folder or none)."""
+    with atomic_dir(out_dir) as tmp:
+        return _prepare(tmp, dp)
+
+
+def _prepare(out_dir: Path, dp: DataParams) -> dict:
     src = load_source(dp.name, Path(dp.root), dp.download, dp.image_size)
     bad, converted, in_chans = [], Counter(), None
     if src.is_files:
@@ -147,14 +153,11 @@ def prepare(out_dir: Path, dp: DataParams) -> dict:
         ids["test"] = offsets["test"] + at_most_per_class(src.test.labels, dp.test_per_class, dp.seed)
     all_labels = np.concatenate([split.labels for _, split in parts])
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     if src.is_files:
         paths = [p for _, split in parts for p in split.paths]
         atomic_write_parquet(out_dir / "files.parquet", pd.DataFrame({"id": np.arange(len(paths)), "path": paths}))
-        (out_dir / "images.npy").unlink(missing_ok=True)
     else:
         _write_images(out_dir / "images.npy", [split.images for _, split in parts])
-        (out_dir / "files.parquet").unlink(missing_ok=True)
     for s in SPLITS:
         frame = pd.DataFrame({"id": ids[s], "label": all_labels[ids[s]]})
         if s == "unlabeled":

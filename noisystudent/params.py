@@ -103,12 +103,48 @@ class Iteration(_Section):
     allow_smaller: bool = False  # the paper's students are equal or larger; opt in to a smaller one
 
 
+class RobustnessParams(_Section):
+    """The paper's robustness measurements (stages corrupt, robustness*; see robustness.py)."""
+    num_images: PosInt = 200  # test images used (the first of a seeded, class-stratified order)
+    corruptions: list[str] = Field(default_factory=lambda: list(_robustness().CORRUPTIONS))
+    severities: list[Annotated[int, Field(ge=1, le=5)]] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
+    perturbations: list[str] = Field(default_factory=lambda: list(_robustness().PERTURBATIONS))
+    frames: Annotated[int, Field(ge=2)] = 8  # images per perturbation sequence
+    epsilons: list[Annotated[float, Field(ge=0, le=64)]] = Field(default_factory=lambda: [0, 1, 2, 4, 8, 16])  # FGSM, 0-255 scale
+    fgsm_epsilon: Annotated[float, Field(ge=0, le=64)] = 4  # the one reported in the summary; must be in epsilons
+    seed: int = 0
+
+    @field_validator("corruptions", "perturbations")
+    @classmethod
+    def _known(cls, names: list[str], info) -> list[str]:
+        known = _robustness().CORRUPTIONS if info.field_name == "corruptions" else _robustness().PERTURBATIONS
+        bad = [n for n in names if n not in known]
+        if bad:
+            raise ValueError(f"unknown {info.field_name[:-1]} {bad}; known: {', '.join(known)}")
+        if not names:
+            raise ValueError("at least one is needed")
+        return names
+
+    @model_validator(mode="after")
+    def _reported_eps_measured(self) -> "RobustnessParams":
+        if self.fgsm_epsilon not in self.epsilons:
+            raise ValueError(f"fgsm_epsilon: {self.fgsm_epsilon:g} must be one of epsilons {self.epsilons}")
+        return self
+
+
+def _robustness():
+    from . import robustness
+
+    return robustness
+
+
 class EvalParams(_Section):
     # the models to evaluate: dvc.yaml expands `evaluate` over this list (foreach cannot
     # join the teacher to the iterations dict); checked against `iterations` below
     models: list[str] = Field(default_factory=lambda: ["teacher"])
     batch_size: PosInt = 256
     ece_bins: PosInt = 15
+    robustness: RobustnessParams = RobustnessParams()
 
 
 class MlflowParams(_Section):

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from . import data as D
@@ -261,7 +262,7 @@ def _confusion_png(preds: pd.DataFrame, num_classes: int, path: Path, title: str
     return path
 
 
-def summary_stage(p: Params, eval_dir: Path, out: Path, table_out: Path, png_out: Path) -> dict:
+def summary_stage(p: Params, eval_dir: Path, out: Path, table_out: Path, png_out: Path, rob_dir: Path | None = None) -> dict:
     rows = []
     for i, name in enumerate(p.eval.models):
         f = eval_dir / f"{name}.json"
@@ -278,6 +279,21 @@ def summary_stage(p: Params, eval_dir: Path, out: Path, table_out: Path, png_out
         "best_student": str(students.loc[students["test_acc"].idxmax(), "model"]),
         "gain_over_teacher": round(float(students["test_acc"].max() - table.loc[0, "test_acc"]), 6),
     }
+    if rob_dir is not None:  # teacher vs best student (by test accuracy), as the paper compares them
+        rob = {}
+        for name in ("teacher", summary["best_student"]):
+            f = rob_dir / f"{name}.json"
+            if not f.exists():
+                raise FileNotFoundError(f"{f} is missing: robustness@{name} has not run")
+            rob[name] = json.loads(f.read_text())
+        best = rob[summary["best_student"]]
+        summary.update({
+            "teacher_mce": rob["teacher"]["mce"], "best_student_mce": best["mce"],
+            "teacher_relative_mce": rob["teacher"]["relative_mce"], "best_student_relative_mce": best["relative_mce"],
+            "teacher_mfr": rob["teacher"]["mfr"], "best_student_mfr": best["mfr"],
+            "fgsm_epsilon": best["fgsm_epsilon"],
+            "teacher_fgsm_acc": rob["teacher"]["fgsm_acc"], "best_student_fgsm_acc": best["fgsm_acc"],
+        })
     with _tracker(p, "summary") as run:
         atomic_write_json(out, summary)
         atomic_write_csv(table_out, table)
@@ -305,3 +321,189 @@ def _summary_png(table: pd.DataFrame, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+
+
+# ---- robustness (the paper's ImageNet-C / -P / FGSM measurements; see robustness.py) -----
+
+
+def corrupt_stage(p: Params, data_dir: Path, out: Path) -> dict:
+    """The robustness test images, made once so every model is scored on identical ones:
+    `num_images` test images (seeded, class-stratified order) at the teacher's input size,
+    every corruption x severity, and every perturbation sequence."""
+    from . import robustness as R
+    from .io import atomic_dir
+    from .transforms import _resize
+
+    rp = p.eval.robustness
+    data = _load_data(p, data_dir)
+    test = data.split("test")
+    take = test.iloc[_round_robin(test["label"].to_numpy(), rp.seed)[: rp.num_images]]
+    cfg = data_config(p.teacher.arch, data.in_chans, p.data.image_size, data.image_size)
+    resize = _resize(cfg)
+
+    def pixels(i: int) -> np.ndarray:
+        im = data.images[int(i)]
+        for t in resize:
+            im = t(im)
+        return np.asarray(im)
+
+    clean = np.stack([pixels(i) for i in take["id"]])
+    n = len(clean)
+    with _tracker(p, "corrupt") as run, atomic_dir(out) as tmp:
+        corrupted = np.lib.format.open_memmap(tmp / "corrupted.npy", "w+", np.uint8, (len(rp.corruptions), len(rp.severities), *clean.shape))
+        total = len(rp.corruptions) * len(rp.severities) * n + len(rp.perturbations) * n
+        with progress("corrupt", total=total) as bar:
+            for ci, c in enumerate(rp.corruptions):
+                for si, s in enumerate(rp.severities):
+                    for k in range(n):
+                        corrupted[ci, si, k] = R.corrupt_image(clean[k], c, s, R.image_seed(rp.seed, ci, s, k))
+                    bar.advance(n)
+            corrupted.flush()
+            perturbed = np.lib.format.open_memmap(tmp / "perturbed.npy", "w+", np.uint8, (len(rp.perturbations), n, rp.frames, *clean.shape[1:]))
+            for pi, name in enumerate(rp.perturbations):
+                for k in range(n):
+                    perturbed[pi, k] = R.perturb_sequence(clean[k], name, rp.frames, R.image_seed(rp.seed, 1000 + pi, k))
+                bar.advance(n)
+            perturbed.flush()
+        del corrupted, perturbed
+        np.save(tmp / "clean.npy", clean)
+        np.save(tmp / "labels.npy", take["label"].to_numpy().astype(np.int64))
+        meta = {"num_images": n, "image_size": list(clean.shape[1:3]), "in_chans": data.in_chans,
+                "corruptions": list(rp.corruptions), "severities": list(rp.severities),
+                "perturbations": list(rp.perturbations), "frames": rp.frames, "seed": rp.seed,
+                "adapted": "images under 32 px are upsampled to 32 px for imagecorruptions and downsampled back"
+                if min(clean.shape[1:3]) < R.MIN_SIZE else ""}
+        atomic_write_json(tmp / "meta.json", meta)
+        run.log_params({"robustness": rp.model_dump()})
+    return meta
+
+
+def _round_robin(labels: np.ndarray, seed: int) -> np.ndarray:
+    """Positions ordered class by class in turns (a seeded order within each class), so the
+    first k hold the classes in equal numbers."""
+    rng = np.random.default_rng(seed)
+    per = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    rank = np.empty(len(labels), dtype=np.int64)
+    for idx in per:
+        rank[idx] = np.arange(len(idx))
+    cls = np.searchsorted(np.unique(labels), labels)
+    return np.lexsort((cls, rank))
+
+
+def _predict_arrays(model: torch.nn.Module, images: np.ndarray, cfg: dict, batch_size: int) -> np.ndarray:
+    """Predicted classes of uint8 images (already at the robustness size), preprocessed as the
+    model's own config says (resized only when its input size differs)."""
+    to01, normalize = _pixel_transforms(cfg, images.shape[1:3])
+    preds = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch_size):
+            x = torch.stack([to01(Image.fromarray(im)) for im in images[i : i + batch_size]])
+            preds.append(model(normalize(x)).argmax(1).numpy())
+    return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
+
+
+def _pixel_transforms(cfg: dict, hw: tuple[int, int]):
+    """(PIL -> tensor in [0, 1] at the model's input size, normalisation): apart, so FGSM
+    can step in pixel space."""
+    from torchvision import transforms as T
+
+    size = cfg["input_size"][-1]
+    steps = [] if tuple(hw) == (size, size) else [T.Resize((size, size), interpolation=T.InterpolationMode(cfg["interpolation"]))]
+    return T.Compose([*steps, T.ToTensor()]), T.Normalize(cfg["mean"], cfg["std"])
+
+
+def robustness_stage(p: Params, model_name: str, rob_dir: Path, ckpt_path: Path, out: Path, baseline: Path | None = None) -> dict:
+    """Errors under every corruption, flip probabilities under every perturbation, FGSM
+    accuracy per epsilon; normalised by the baseline's (the supervised teacher's) figures."""
+    from . import robustness as R
+
+    rp = p.eval.robustness
+    model, ckpt = load_model(ckpt_path)
+    cfg = ckpt["data_config"]
+    meta = json.loads((rob_dir / "meta.json").read_text())
+    labels = np.load(rob_dir / "labels.npy")
+    clean = np.load(rob_dir / "clean.npy")
+    corrupted = np.load(rob_dir / "corrupted.npy", mmap_mode="r")
+    perturbed = np.load(rob_dir / "perturbed.npy", mmap_mode="r")
+    n, bs = len(labels), p.eval.batch_size
+    with _tracker(p, f"robustness@{model_name}") as run:
+        clean_err = float((_predict_arrays(model, clean, cfg, bs) != labels).mean())
+        C, S = corrupted.shape[:2]
+        preds = _predict_arrays(model, np.asarray(corrupted).reshape(C * S * n, *clean.shape[1:]), cfg, bs).reshape(C, S, n)
+        err = (preds != labels).mean(2)  # [C, S]
+        P, F = perturbed.shape[0], perturbed.shape[2]
+        pp = _predict_arrays(model, np.asarray(perturbed).reshape(P * n * F, *clean.shape[1:]), cfg, bs).reshape(P, n, F)
+        flips = {name: R.flip_probability(pp[i], name in R.NOISE_SEQUENCES) for i, name in enumerate(meta["perturbations"])}
+        to01, normalize = _pixel_transforms(cfg, clean.shape[1:3])
+        x = torch.stack([to01(Image.fromarray(im)) for im in clean])
+        y = torch.from_numpy(labels)
+        fgsm_acc = {}
+        for eps in rp.epsilons:
+            accs = []
+            for i in range(0, n, bs):
+                xa = R.fgsm(model, x[i : i + bs], y[i : i + bs], eps / 255.0, normalize)
+                with torch.inference_mode():
+                    accs.append((model(normalize(xa)).argmax(1) == y[i : i + bs]).float())
+            fgsm_acc[f"{eps:g}"] = float(torch.cat(accs).mean())
+
+        if baseline is None:  # this model is the baseline
+            base = {"clean_error": clean_err, "corruption_error": _by_name(err, meta), "flip_probability": flips}
+        else:
+            base = json.loads(Path(baseline).read_text())
+        ce, rce = {}, {}
+        for ci, c in enumerate(meta["corruptions"]):
+            b = np.array([base["corruption_error"][c][f"{s}"] for s in meta["severities"]])
+            ce[c] = R.corruption_error(err[ci], b)
+            rce[c] = R.relative_corruption_error(err[ci], clean_err, b, base["clean_error"])
+        fr = {k: (None if base["flip_probability"][k] == 0 else v / base["flip_probability"][k]) for k, v in flips.items()}
+        mce, rmce, mfr = R.mean_defined(ce.values()), R.mean_defined(rce.values()), R.mean_defined(fr.values())
+        m = {
+            "model": model_name, "baseline": "teacher (the supervised model; CE and FR are relative to it)",
+            "num_images": n, "clean_error": clean_err,
+            "mce": None if mce is None else 100 * mce, "relative_mce": None if rmce is None else 100 * rmce,
+            "mfr": None if mfr is None else 100 * mfr,
+            "fgsm_epsilon": rp.fgsm_epsilon, "fgsm_acc": fgsm_acc[f"{rp.fgsm_epsilon:g}"],
+            "ce": ce, "relative_ce": rce, "fr": fr,
+            "corruption_error": _by_name(err, meta), "flip_probability": flips, "fgsm_accuracy": fgsm_acc,
+            "notes": meta["adapted"],
+        }
+        atomic_write_json(out, m)
+        rows = [{"corruption": c, "severity": s, "accuracy": 1 - float(err[ci, si])}
+                for ci, c in enumerate(meta["corruptions"]) for si, s in enumerate(meta["severities"])]
+        atomic_write_csv(out.with_name(f"{model_name}_corruptions.csv"), pd.DataFrame(rows))
+        atomic_write_csv(out.with_name(f"{model_name}_fgsm.csv"),
+                         pd.DataFrame({"epsilon": [float(e) for e in fgsm_acc], "accuracy": list(fgsm_acc.values())}))
+        png = _robustness_png(rows, fgsm_acc, out.with_suffix(".png"), model_name)
+        run.log_metrics({k: v for k, v in m.items() if isinstance(v, float)})
+        for f in (out, png):
+            run.log_artifact(f)
+    return m
+
+
+def _by_name(err: np.ndarray, meta: dict) -> dict:
+    return {c: {f"{s}": float(err[ci, si]) for si, s in enumerate(meta["severities"])} for ci, c in enumerate(meta["corruptions"])}
+
+
+def _robustness_png(rows: list[dict], fgsm_acc: dict, path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .io import atomic_path
+
+    t = pd.DataFrame(rows)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for c, g in t.groupby("corruption", sort=False):
+        a.plot(g["severity"], 100 * g["accuracy"], marker=".", label=c)
+    a.set(xlabel="severity", ylabel="test top-1 (%)", title=f"{title}: corruptions")
+    a.legend(fontsize=6, ncol=2)
+    b.plot([float(e) for e in fgsm_acc], [100 * v for v in fgsm_acc.values()], marker="o")
+    b.set(xlabel="FGSM epsilon (0-255 scale)", ylabel="test top-1 (%)", title=f"{title}: FGSM")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path

@@ -1,6 +1,6 @@
 """Stage summary: teacher vs students, metrics/summary.json and an accuracy-per-iteration plot."""
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -13,6 +13,7 @@ cli = app(__doc__)
 def main(
     evals: Annotated[Path, typer.Option(help="folder of evaluate outputs (<model>.json)")],
     out: Annotated[Path, typer.Option(help="summary JSON to write")],
+    robustness: Annotated[Optional[Path], typer.Option(help="folder of robustness outputs (<model>.json), if measured")] = None,
     table: Annotated[Path, typer.Option(help="per-iteration CSV to write (DVC plot)")],
     plot: Annotated[Path, typer.Option(help="accuracy-per-iteration PNG to write")],
     params: ParamsOpt = Path("params.yaml"),
@@ -21,7 +22,7 @@ def main(
     with user_errors():
         from noisystudent.pipeline import summary_stage
 
-        s = summary_stage(p, evals, out, table, plot)
+        s = summary_stage(p, evals, out, table, plot, robustness)
         typer.echo(f"teacher {s['teacher_test_acc']:.4f} -> students {s['student_test_acc']}")
 
 

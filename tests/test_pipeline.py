@@ -7,7 +7,8 @@ import pytest
 
 from noisystudent.io import load_checkpoint
 from noisystudent.shards import read_labels
-from noisystudent.pipeline import evaluate_stage, prepare_stage, pseudo_label_stage, select_stage, summary_stage, train_stage
+from noisystudent.pipeline import (corrupt_stage, evaluate_stage, prepare_stage, pseudo_label_stage, robustness_stage, select_stage,
+                                   summary_stage, train_stage)
 
 
 def run_all(p, root):
@@ -18,15 +19,26 @@ def run_all(p, root):
         pseudo_label_stage(p, name, data, root / f"models/{it.teacher}.pt", root / f"pseudo/{name}/labels")
         select_stage(p, name, data, root / f"pseudo/{name}/labels", root / f"pseudo/{name}/selected.parquet", root / f"metrics/{name}/select.json")
         train_stage(p, name, data, root / f"models/{name}.pt", root / f"metrics/{name}/train.json", root / f"pseudo/{name}/selected.parquet")
+    corrupt_stage(p, data, root / "robustness")
+    rob = root / "metrics/robustness"
     for name in p.eval.models:
         evaluate_stage(p, name, data, root / f"models/{name}.pt", root / f"metrics/eval/{name}.json", root / f"metrics/eval/{name}_predictions.csv")
-    return summary_stage(p, root / "metrics/eval", root / "metrics/summary.json", root / "metrics/summary.csv", root / "metrics/summary.png")
+        robustness_stage(p, name, root / "robustness", root / f"models/{name}.pt", rob / f"{name}.json",
+                         None if name == "teacher" else rob / "teacher.json")
+    return summary_stage(p, root / "metrics/eval", root / "metrics/summary.json", root / "metrics/summary.csv",
+                         root / "metrics/summary.png", rob)
 
 
 def test_tiny_pipeline_outputs_and_determinism(tmp_path, tiny_params):
     p = tiny_params()
     s = run_all(p, tmp_path / "a")
-    assert set(s) >= {"teacher_test_acc", "best_student_test_acc", "student_test_acc"}
+    assert set(s) >= {"teacher_test_acc", "best_student_test_acc", "student_test_acc", "teacher_mce", "best_student_mce",
+                      "teacher_mfr", "best_student_mfr", "teacher_fgsm_acc", "best_student_fgsm_acc", "fgsm_epsilon"}
+    assert s["teacher_mce"] == 100 and s["teacher_mfr"] == 100  # the baseline is 100 % of itself
+    rob = json.loads((tmp_path / "a/metrics/robustness/s1.json").read_text())
+    assert len(rob["corruption_error"]) == 15 and set(rob["fgsm_accuracy"]) == {"0", "4"}
+    assert rob["fgsm_accuracy"]["0"] >= rob["fgsm_accuracy"]["4"]  # an attack never helps
+    assert (tmp_path / "a/metrics/robustness/s1.png").stat().st_size > 0
     assert len(s["student_test_acc"]) == 2
     assert all(0 <= a <= 1 for a in [s["teacher_test_acc"], s["best_student_test_acc"], *s["student_test_acc"]])
 
@@ -96,3 +108,20 @@ def test_checkpoints_are_byte_identical_for_identical_content(tmp_path):
     atomic_save_torch(tmp_path / "b.pt", obj)
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
     assert torch.equal(load_checkpoint(tmp_path / "a.pt")["state_dict"]["w"], obj["state_dict"]["w"])
+
+
+def test_atomic_dir_is_all_or_nothing(tmp_path):
+    from noisystudent.io import atomic_dir
+
+    d = tmp_path / "prepared"
+    d.mkdir()
+    (d / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(d) as t:
+            (t / "new.txt").write_text("half")
+            raise RuntimeError("killed")
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["prepared"] and (d / "old.txt").exists() and not (d / "new.txt").exists()
+    with atomic_dir(d) as t:
+        (t / "new.txt").write_text("new")
+    assert sorted(f.name for f in d.iterdir()) == ["new.txt"]
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["prepared"]  # nothing left beside it

@@ -1,0 +1,182 @@
+"""Robustness measurements of the paper (ImageNet-C, ImageNet-P, FGSM), for any dataset.
+
+- Corruptions: the 15 ImageNet-C corruptions x 5 severities from the maintained package
+  `imagecorruptions` (1.1.2), seeded per (corruption, severity, image) so every model sees
+  identical images. Adaptations, all here: the package refuses images under 32 px, so smaller
+  ones are upsampled (bilinear) to 32 px, corrupted, and downsampled back (area); grayscale
+  comes back as 3 channels and is converted back to L; `glass_blur` passes skimage's removed
+  `multichannel=` (translated to `channel_axis=`), `fog` uses numpy's removed `np.float_`
+  (aliased to float64), and `impulse_noise` draws from an unseeded generator (given one drawn
+  from the seeded global state).
+- Perturbations (ImageNet-P style): per image a sequence of `frames` copies, gradually more
+  perturbed (rotate, scale, translate, tilt, brightness) or re-noised at a fixed level
+  (gaussian and shot noise). Flip probability as PAPER.md: against the first frame for the
+  noise sequences, against the previous frame otherwise.
+- FGSM: one signed-gradient step of size eps/255 in pixel space (0..1), untargeted.
+
+Metric functions are pure (numpy in, numbers out); the stage code is in pipeline.py.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from PIL import Image
+
+CORRUPTIONS = (
+    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
+    "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
+)
+PERTURBATIONS = ("gaussian_noise", "shot_noise", "rotate", "scale", "translate", "tilt", "brightness")
+NOISE_SEQUENCES = ("gaussian_noise", "shot_noise")  # compared with the first frame, not the previous
+MIN_SIZE = 32  # imagecorruptions refuses smaller images
+
+
+def _shim_imagecorruptions():
+    """Make imagecorruptions 1.1.2 work with numpy 2 and scikit-image >= 0.19 (see module doc)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its `pkg_resources` import warns
+        import imagecorruptions.corruptions as ic
+
+    if getattr(ic, "_ns_shimmed", False):
+        return ic
+    if not hasattr(np, "float_"):
+        np.float_ = np.float64  # fog's plasma fractal
+    gaussian = ic.gaussian
+
+    def gaussian_compat(image, sigma=1, multichannel=None, **kw):
+        if multichannel is not None:
+            kw["channel_axis"] = -1 if multichannel else None
+        return gaussian(image, sigma=sigma, **kw)
+
+    real_sk = ic.sk
+
+    def seeded_random_noise(image, **kw):
+        kw.setdefault("rng", np.random.randint(0, 2**31 - 1))
+        return real_sk.util.random_noise(image, **kw)
+
+    class _Util:  # skimage.util as impulse_noise sees it: random_noise gets a seeded generator
+        random_noise = staticmethod(seeded_random_noise)
+
+        def __getattr__(self, name):
+            return getattr(real_sk.util, name)
+
+    class _Sk:
+        util = _Util()
+
+        def __getattr__(self, name):
+            return getattr(real_sk, name)
+
+    ic.gaussian = gaussian_compat
+    ic.sk = _Sk()
+    ic._ns_shimmed = True
+    return ic
+
+
+def image_seed(seed: int, *keys: int) -> int:
+    h = seed
+    for k in keys:
+        h = (h * 1_000_003 + k) % (2**31 - 1)
+    return h
+
+
+def corrupt_image(img: np.ndarray, name: str, severity: int, seed: int) -> np.ndarray:
+    """One corruption of one uint8 image ([H, W] or [H, W, C]); same shape and dtype back,
+    identical for identical (image, name, severity, seed)."""
+    _shim_imagecorruptions()
+    from imagecorruptions import corrupt
+
+    if name not in CORRUPTIONS:
+        raise ValueError(f"unknown corruption {name!r}; known: {', '.join(CORRUPTIONS)}")
+    h, w = img.shape[:2]
+    gray = img.ndim == 2 or img.shape[2] == 1
+    pil = Image.fromarray(img.reshape(h, w) if gray else img)
+    small = min(h, w) < MIN_SIZE
+    if small:  # adapted: see module doc
+        f = math.ceil(MIN_SIZE / min(h, w))
+        pil = pil.resize((w * f, h * f), Image.BILINEAR)
+    rgb = np.asarray(pil.convert("RGB"))
+    np.random.seed(seed)
+    out = corrupt(rgb, severity=severity, corruption_name=name)
+    out = Image.fromarray(np.uint8(np.clip(np.asarray(out), 0, 255)))
+    if small:
+        out = out.resize((w, h), Image.BOX)
+    if gray:
+        return np.asarray(out.convert("L")).reshape(img.shape)
+    return np.asarray(out.convert("RGB"))
+
+
+def perturb_sequence(img: np.ndarray, name: str, frames: int, seed: int) -> np.ndarray:
+    """`frames` uint8 copies of `img`, frame 0 the least perturbed. Gradual ones grow by a
+    fixed step per frame; noise ones redraw noise of one level each frame."""
+    if name not in PERTURBATIONS:
+        raise ValueError(f"unknown perturbation {name!r}; known: {', '.join(PERTURBATIONS)}")
+    rng = np.random.default_rng(seed)
+    h, w = img.shape[:2]
+    x = img.astype(np.float32) / 255.0
+    out = []
+    for t in range(frames):
+        if name == "gaussian_noise":
+            y = x + rng.normal(0, 0.06, x.shape)
+        elif name == "shot_noise":
+            y = rng.poisson(x * 60) / 60.0
+        elif name == "brightness":
+            y = x + 0.03 * t
+        else:
+            pil = Image.fromarray(img)
+            if name == "rotate":
+                pil = pil.rotate(1.5 * t, resample=Image.BILINEAR)
+            elif name == "scale":
+                s = 1.0 + 0.025 * t
+                pil = pil.transform((w, h), Image.AFFINE, (1 / s, 0, w / 2 * (1 - 1 / s), 0, 1 / s, h / 2 * (1 - 1 / s)), Image.BILINEAR)
+            elif name == "translate":
+                d = 0.02 * t * w  # a fiftieth of the width per frame
+                pil = pil.transform((w, h), Image.AFFINE, (1, 0, -d, 0, 1, 0), Image.BILINEAR)
+            elif name == "tilt":
+                k = 0.025 * t  # shear: the top edge moves against the bottom one
+                pil = pil.transform((w, h), Image.AFFINE, (1, k, -k * h / 2, 0, 1, 0), Image.BILINEAR)
+            y = np.asarray(pil).astype(np.float32) / 255.0
+        out.append(np.uint8(np.clip(y, 0, 1) * 255 + 0.5))
+    return np.stack(out)
+
+
+# ---- metrics: pure functions ----------------------------------------------------------
+
+
+def corruption_error(errors: np.ndarray, base_errors: np.ndarray) -> float | None:
+    """CE_c = sum_s E(s, c) / sum_s E_base(s, c); None when the baseline makes no error."""
+    b = float(np.sum(base_errors))
+    return None if b == 0 else float(np.sum(errors)) / b
+
+
+def relative_corruption_error(errors: np.ndarray, clean: float, base_errors: np.ndarray, base_clean: float) -> float | None:
+    """Relative CE_c = sum_s (E(s, c) - E_clean) / sum_s (E_base(s, c) - E_base_clean)."""
+    b = float(np.sum(np.asarray(base_errors) - base_clean))
+    return None if b == 0 else float(np.sum(np.asarray(errors) - clean)) / b
+
+
+def mean_defined(values) -> float | None:
+    v = [x for x in values if x is not None]
+    return float(np.mean(v)) if v else None
+
+
+def flip_probability(preds: np.ndarray, noise: bool) -> float:
+    """preds [N sequences, F frames] of predicted classes: mean over sequences and frames
+    t >= 1 of 1[pred_t != pred_ref], ref = frame 0 for noise sequences, frame t-1 otherwise."""
+    preds = np.asarray(preds)
+    ref = preds[:, :1] if noise else preds[:, :-1]
+    return float((preds[:, 1:] != ref).mean())
+
+
+def fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, normalize) -> torch.Tensor:
+    """Untargeted single-step FGSM: x + eps * sign(grad_x CE(model(normalize(x)), y)), in pixel
+    space [0, 1] (eps on that scale: eps_255 / 255), clipped to [0, 1]."""
+    if eps == 0:
+        return x
+    x = x.clone().requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(model(normalize(x)), y)
+    (grad,) = torch.autograd.grad(loss, x)
+    return (x + eps * grad.sign()).clamp(0, 1).detach()

@@ -1,0 +1,92 @@
+"""The robustness measurements against cases computed by hand."""
+import numpy as np
+import pytest
+import torch
+
+from noisystudent import robustness as R
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (32, 32, 3)], ids=["gray16", "rgb32"])
+@pytest.mark.parametrize("name", R.CORRUPTIONS)
+def test_corruption_is_deterministic_keeps_shape_and_range(name, shape):
+    img = np.random.default_rng(0).integers(40, 216, shape, dtype=np.uint8)
+    a = [R.corrupt_image(img, name, s, seed=3) for s in (1, 5)]
+    b = [R.corrupt_image(img, name, s, seed=3) for s in (1, 5)]
+    for x, y in zip(a, b):
+        assert x.shape == img.shape and x.dtype == np.uint8  # uint8: 0..255 by type
+        assert np.array_equal(x, y)  # same seed, same image
+    assert not np.array_equal(a[1], img)  # severity 5 changes the image
+    # severity 5 moves further from the clean image than severity 1 (not for pixelate on
+    # tiny images, whose coarse grid at severity 1 can already be the coarsest possible)
+    d = [np.abs(x.astype(float) - img).mean() for x in a]
+    if name != "pixelate":
+        assert d[1] >= d[0] - 1e-9, d
+
+
+def test_noise_corruptions_depend_on_the_seed():
+    img = np.full((32, 32, 3), 128, np.uint8)
+    for name in ("gaussian_noise", "shot_noise", "impulse_noise"):
+        assert not np.array_equal(R.corrupt_image(img, name, 3, 1), R.corrupt_image(img, name, 3, 2))
+
+
+def test_unknown_corruption_is_refused():
+    with pytest.raises(ValueError, match="unknown corruption 'fire'"):
+        R.corrupt_image(np.zeros((32, 32), np.uint8), "fire", 1, 0)
+
+
+@pytest.mark.parametrize("name", R.PERTURBATIONS)
+def test_perturbation_sequences(name):
+    img = np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    seq = R.perturb_sequence(img, name, 6, seed=0)
+    assert seq.shape == (6, 16, 16, 3) and seq.dtype == np.uint8
+    assert np.array_equal(seq, R.perturb_sequence(img, name, 6, seed=0))
+    if name not in R.NOISE_SEQUENCES:  # gradual: starts at the clean image, drifts away
+        assert np.array_equal(seq[0], img)
+        d = [np.abs(f.astype(float) - img).mean() for f in seq]
+        assert d[-1] > d[1] > 0
+
+
+def test_mce_by_hand():
+    # two corruptions x two severities; the model's and the baseline's errors
+    err = {"blur": np.array([0.2, 0.4]), "noise": np.array([0.1, 0.1])}
+    base = {"blur": np.array([0.3, 0.5]), "noise": np.array([0.4, 0.4])}
+    ce = {c: R.corruption_error(err[c], base[c]) for c in err}
+    assert ce["blur"] == pytest.approx(0.6 / 0.8) and ce["noise"] == pytest.approx(0.2 / 0.8)
+    assert R.mean_defined(ce.values()) == pytest.approx((0.75 + 0.25) / 2)
+    # relative: (0.2-0.1 + 0.4-0.1) / (0.3-0.2 + 0.5-0.2) = 0.4 / 0.4 = 1
+    assert R.relative_corruption_error(err["blur"], 0.1, base["blur"], 0.2) == pytest.approx(1.0)
+    assert R.relative_corruption_error(err["noise"], 0.1, base["noise"], 0.2) == pytest.approx(0.0)
+    assert R.corruption_error(np.array([0.1]), np.array([0.0])) is None  # a perfect baseline: undefined
+    assert R.mean_defined([None, 0.5, 1.5]) == 1.0
+
+
+def test_flip_probability_by_hand():
+    preds = np.array([
+        [3, 3, 1, 1],  # previous frame: one flip in 3; first frame: two in 3
+        [0, 2, 0, 0],  # previous: two flips in 3; first: one in 3
+    ])
+    assert R.flip_probability(preds, noise=False) == pytest.approx((1 + 2) / 6)
+    assert R.flip_probability(preds, noise=True) == pytest.approx((2 + 1) / 6)
+    assert R.flip_probability(np.array([[5, 5, 5]]), noise=False) == 0
+
+
+def test_fgsm_on_a_linear_model_by_hand():
+    # two classes, logits = W x + b with w1 - w0 = (0.5, 0.5, 0.5, 0.5), b1 - b0 = -1
+    lin = torch.nn.Linear(4, 2)
+    with torch.no_grad():
+        lin.weight[:] = torch.tensor([[0.0, 0, 0, 0], [0.5, 0.5, 0.5, 0.5]])
+        lin.bias[:] = torch.tensor([0.0, -1.0])
+    # image i is the constant a_i: class-1 margin = 2 a_i - 1 = 0.1, 0.2, 0.3, 0.4
+    a = torch.tensor([0.55, 0.6, 0.65, 0.7])
+    x = a[:, None].repeat(1, 4)
+    y = torch.ones(4, dtype=torch.long)
+    ident = lambda t: t  # noqa: E731  (no normalisation: pixel space is model space)
+    # FGSM moves every pixel by eps against w1 - w0: the margin drops by eps * ||w1 - w0||_1 = 2 eps
+    # (no clipping: every pixel stays within [0.3, 0.95])
+    by_hand = {0.0: 1.0, 0.02: 1.0, 0.075: 0.75, 0.125: 0.5, 0.25: 0.0}
+    for eps, acc in by_hand.items():
+        xa = R.fgsm(lin, x, y, eps, ident)
+        assert torch.allclose(xa, x - eps)
+        assert float((lin(xa).argmax(1) == y).float().mean()) == acc
+    # and the step is clipped to the valid pixel range
+    assert float(R.fgsm(lin, torch.full((1, 4), 0.01), torch.ones(1, dtype=torch.long), 0.5, ident).min()) == 0.0
