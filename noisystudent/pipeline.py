@@ -444,7 +444,7 @@ def robustness_stage(p: Params, model_name: str, rob_dir: Path, ckpt_path: Path,
                 xa = R.fgsm(model, x[i : i + bs], y[i : i + bs], eps / 255.0, normalize)
                 with torch.inference_mode():
                     accs.append((model(normalize(xa)).argmax(1) == y[i : i + bs]).float())
-            fgsm_acc[f"{eps:g}"] = float(torch.cat(accs).mean())
+            fgsm_acc[f"{eps:g}"] = float(torch.cat(accs).double().mean())
 
         if baseline is None:  # this model is the baseline
             base = {"clean_error": clean_err, "corruption_error": _by_name(err, meta), "flip_probability": flips}

@@ -13,9 +13,9 @@ cli = app(__doc__)
 def main(
     evals: Annotated[Path, typer.Option(help="folder of evaluate outputs (<model>.json)")],
     out: Annotated[Path, typer.Option(help="summary JSON to write")],
-    robustness: Annotated[Optional[Path], typer.Option(help="folder of robustness outputs (<model>.json), if measured")] = None,
     table: Annotated[Path, typer.Option(help="per-iteration CSV to write (DVC plot)")],
     plot: Annotated[Path, typer.Option(help="accuracy-per-iteration PNG to write")],
+    robustness: Annotated[Optional[Path], typer.Option(help="folder of robustness outputs (<model>.json), if measured")] = None,
     params: ParamsOpt = Path("params.yaml"),
 ):
     p = read_params(params)

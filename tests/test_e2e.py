@@ -17,8 +17,9 @@ from conftest import ROOT, tiny_raw
 
 pytestmark = pytest.mark.slow
 
-FIRST_ITER = {"prepare", "train_teacher", "pseudo_label@s1", "select@s1", "evaluate@teacher"}
-STUDENT_SIDE = {"train_student@s1", "pseudo_label@s2", "select@s2", "train_student@s2", "evaluate@s1", "evaluate@s2", "summary"}
+FIRST_ITER = {"prepare", "train_teacher", "pseudo_label@s1", "select@s1", "evaluate@teacher", "corrupt", "robustness_teacher"}
+STUDENT_SIDE = {"train_student@s1", "pseudo_label@s2", "select@s2", "train_student@s2", "evaluate@s1", "evaluate@s2",
+                "robustness@s1", "robustness@s2", "summary"}
 
 
 def sh(args, cwd, env, check=True, timeout=600):
