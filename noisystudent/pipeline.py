@@ -25,7 +25,10 @@ from .transforms import data_config, eval_transform, randaugment_config, train_t
 
 
 def _tracker(p: Params, stage: str) -> StageRun:
-    return StageRun(stage, p.mlflow.experiment, p.model_dump(), enabled=p.mlflow.enabled)
+    # stages about one model (train_student@s1, evaluate@s1, robustness@s1) carry its name as a
+    # tag, so MLflow can group a model's training, test and robustness runs
+    model = "teacher" if stage == "train_teacher" or stage.endswith("@teacher") else stage.partition("@")[2]
+    return StageRun(stage, p.mlflow.experiment, p.model_dump(), enabled=p.mlflow.enabled, tags={"ns.model": model} if model else None)
 
 
 def _threads(p: Params) -> None:

@@ -117,13 +117,14 @@ class StageRun:
 
     RETRIES = 3  # for a locked SQLite store (another stage writing); other errors are not retried
 
-    def __init__(self, stage: str, experiment: str, params: dict, enabled: bool = True):
+    def __init__(self, stage: str, experiment: str, params: dict, enabled: bool = True, tags: dict | None = None):
         self.stage, self.experiment, self.params, self.enabled = stage, experiment, params, enabled
         self.client = None
         self.run_id: str | None = None
         self.failed = False
         self.journal: dict = {"stage": self.stage, "experiment": experiment, "pipeline_params": params,
-                              "params": [], "metrics": [], "artifacts": [], "start_ms": int(time.time() * 1000)}
+                              "params": [], "metrics": [], "artifacts": [], "start_ms": int(time.time() * 1000),
+                              "tags": dict(tags or {})}
 
     def _guard(self, what: str, fn, *args, **kwargs):
         if not self.enabled or self.failed:
@@ -207,7 +208,7 @@ def _create_child(client, j: dict) -> str:
         _log_params(client, run.info.run_id, j["pipeline_params"])
         client.set_terminated(run.info.run_id)  # children may be added to a finished parent
         parent = run.info.run_id
-    tags = {"mlflow.parentRunId": parent, "ns.stage": j["stage"], PIPELINE_TAG: key}
+    tags = {"mlflow.parentRunId": parent, "ns.stage": j["stage"], PIPELINE_TAG: key, **j.get("tags", {})}
     return client.create_run(exp_id, run_name=j["stage"], tags=tags, start_time=j["start_ms"]).info.run_id
 
 

@@ -37,6 +37,14 @@ def ran(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
+def merge(base: dict, over: dict) -> dict:
+    """`over` on `base`, nested sections merged key by key (params.yaml keeps every key)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
 def make_repo(dst: Path, **overrides) -> tuple[Path, dict]:
     """A git repo holding what a fresh clone holds, with tiny params (+ overrides by section)."""
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
@@ -48,9 +56,9 @@ def make_repo(dst: Path, **overrides) -> tuple[Path, dict]:
         shutil.copy2(ROOT / f, dst / f)
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     for section, values in tiny_raw(mlflow={"enabled": True, "experiment": "e2e"}).items():
-        raw[section] = values if section in ("iterations",) else {**raw[section], **values}
+        raw[section] = values if section in ("iterations",) else merge(raw[section], values)
     for section, values in overrides.items():
-        raw[section] = {**raw[section], **values}
+        raw[section] = merge(raw[section], values)
     (dst / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # `python` in dvc.yaml = this interpreter

@@ -1,30 +1,10 @@
 """Every bad-file kind named in the issues, made here, and what each gets."""
-import struct
-import zlib
-
 import numpy as np
 import pytest
 from PIL import Image
 
+from fixtures import bomb_png, png_bytes
 from noisystudent.images import BadImage, load_image, scan
-
-
-def png_bytes(img: Image.Image) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
-
-
-def bomb_png(width: int, height: int) -> bytes:
-    """A valid 1x1 PNG whose header claims width x height (a decompression bomb's header)."""
-    data = bytearray(png_bytes(Image.new("L", (1, 1))))
-    ihdr = data.index(b"IHDR")
-    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
-    crc = zlib.crc32(bytes(data[ihdr : ihdr + 17])) & 0xFFFFFFFF
-    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", crc)
-    return bytes(data)
 
 
 @pytest.fixture

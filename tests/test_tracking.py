@@ -13,7 +13,7 @@ def test_child_runs_share_one_parent_per_pipeline(mlflow_uri, monkeypatch):
     with StageRun("train_teacher", "t", params) as r1:
         r1.log_metrics({"val_acc": 0.5}, step=1)
         r1.log_metrics({"val_acc": 0.7}, step=2)
-    with StageRun("train_student@s1", "t", params) as r2:
+    with StageRun("train_student@s1", "t", params, tags={"ns.model": "s1"}) as r2:
         r2.log_params({"arch": "x"})
     monkeypatch.setenv("DVC_EXP_NAME", "exp-other")
     with StageRun("train_teacher", "t", params):
@@ -24,6 +24,7 @@ def test_child_runs_share_one_parent_per_pipeline(mlflow_uri, monkeypatch):
     abc = parents[parents["tags.dvc_exp_name"] == "exp-abc"]["run_id"].item()
     assert abc in (r1.client.get_run(r1.run_id).data.tags["mlflow.parentRunId"],)
     assert r2.client.get_run(r2.run_id).data.tags["mlflow.parentRunId"] == abc
+    assert r2.client.get_run(r2.run_id).data.tags["ns.model"] == "s1"
     assert parents[parents["run_id"] == abc]["params.noise.dropout"].item() == "0.5"
     hist = r1.client.get_metric_history(r1.run_id, "val_acc")
     assert [(m.step, m.value) for m in hist] == [(1, 0.5), (2, 0.7)]
@@ -80,7 +81,7 @@ def test_locked_store_is_retried_then_spooled_and_sent_by_the_next_stage(tmp_pat
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.setenv("DVC_EXP_NAME", "exp-locked")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setattr(StageRun, "RETRIES", 1)
+    monkeypatch.setattr(StageRun, "RETRIES", 0)  # MLflow itself waits 20 s on a locked SQLite store
     with StageRun("prepare", "t", {}):  # creates the store
         pass
     lock = sqlite3.connect(tmp_path / "mlflow.db", timeout=0)
@@ -98,3 +99,25 @@ def test_locked_store_is_retried_then_spooled_and_sent_by_the_next_stage(tmp_pat
     names = sorted(x.info.run_name for x in mlflow.search_runs(experiment_names=["t"], output_format="list"))
     assert names == ["evaluate@teacher", "exp-locked", "prepare", "train_teacher"]
     assert not list((tmp_path / "mlflow-pending").glob("*.json"))
+
+
+def test_a_locked_store_is_retried_before_giving_up(monkeypatch, capsys):
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return "ok"
+
+    r = StageRun("x", "t", {})
+    assert r._guard("log", flaky) == "ok" and len(calls) == 3 and not r.failed
+    assert capsys.readouterr().err == ""
+
+    def down():
+        calls.append(1)
+        raise ConnectionError("connection refused")
+
+    calls.clear()
+    assert r._guard("log", down) is None and len(calls) == 1 and r.failed  # not a lock: no retry
