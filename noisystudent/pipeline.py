@@ -27,7 +27,7 @@ from .transforms import data_config, eval_transform, randaugment_config, train_t
 def _tracker(p: Params, stage: str) -> StageRun:
     # stages about one model (train_student@s1, evaluate@s1, robustness@s1) carry its name as a
     # tag, so MLflow can group a model's training, test and robustness runs
-    model = "teacher" if stage == "train_teacher" or stage.endswith("@teacher") else stage.partition("@")[2]
+    model = "teacher" if stage in ("train_teacher", "robustness_teacher") or stage.endswith("@teacher") else stage.partition("@")[2]
     return StageRun(stage, p.mlflow.experiment, p.model_dump(), enabled=p.mlflow.enabled, tags={"ns.model": model} if model else None)
 
 
@@ -429,7 +429,8 @@ def robustness_stage(p: Params, model_name: str, rob_dir: Path, ckpt_path: Path,
     corrupted = np.load(rob_dir / "corrupted.npy", mmap_mode="r")
     perturbed = np.load(rob_dir / "perturbed.npy", mmap_mode="r")
     n, bs = len(labels), p.eval.batch_size
-    with _tracker(p, f"robustness@{model_name}") as run:
+    # run names are DVC's stage names: the baseline has its own stage
+    with _tracker(p, "robustness_teacher" if baseline is None else f"robustness@{model_name}") as run:
         clean_err = float((_predict_arrays(model, clean, cfg, bs) != labels).mean())
         C, S = corrupted.shape[:2]
         preds = _predict_arrays(model, np.asarray(corrupted).reshape(C * S * n, *clean.shape[1:]), cfg, bs).reshape(C, S, n)
