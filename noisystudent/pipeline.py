@@ -498,6 +498,7 @@ def _robustness_png(rows: list[dict], fgsm_acc: dict, path: Path, title: str) ->
 
     t = pd.DataFrame(rows)
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.set_prop_cycle(color=plt.cm.tab20.colors)  # 15 corruptions: no colour twice
     for c, g in t.groupby("corruption", sort=False):
         a.plot(g["severity"], 100 * g["accuracy"], marker=".", label=c)
     a.set(xlabel="severity", ylabel="test top-1 (%)", title=f"{title}: corruptions")

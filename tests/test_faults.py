@@ -2,7 +2,6 @@
 several points; after each kill every output on disk must read back whole, and the `dvc
 repro` that finally completes must give exactly the metrics of an uninterrupted run."""
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -54,11 +53,14 @@ def test_kills_at_six_points_then_same_metrics_as_uninterrupted(tmp_path):
         assert assert_nothing_torn(root) > 0
     out = dvc("repro", cwd=root, env=env)
     assert "resuming at step 10/15" in out  # the s2 student went on from its checkpoint
-    killed = metrics(root)
     assert not list(root.glob("models/.resume/*"))  # every finished stage removed its resume file
 
-    for labels in root.glob("data/pseudo/*/labels"):  # persist: true outputs; relabel from scratch too
-        shutil.rmtree(labels)
-    forced = dvc("repro", "-f", cwd=root, env=env)  # uninterrupted, same workspace
-    assert {"train_teacher", "pseudo_label@s1", "train_student@s2", "summary"} <= ran(forced)
-    assert metrics(root) == killed
+    # the uninterrupted run: the same stage functions on the same params, in one process
+    # (checkpoint_every and rows_per_file change how often things are saved, never a result)
+    from noisystudent.params import load_params
+    from test_pipeline import run_all
+
+    run_all(load_params(root / "params.yaml"), tmp_path / "uninterrupted")
+    killed, ref = metrics(root), metrics(tmp_path / "uninterrupted")
+    compared = [k for k in ref if k != "metrics/prepare.json"]  # prepare.json names its own paths
+    assert len(compared) >= 12 and {k: killed[k] for k in compared} == {k: ref[k] for k in compared}

@@ -53,7 +53,7 @@ def test_stage_with_bad_params_fails_in_one_line_and_writes_nothing(tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("stage", ["prepare", "train_teacher", "pseudo_label", "select", "train_student", "evaluate", "summary"])
+@pytest.mark.parametrize("stage", sorted(f.stem for f in (ROOT / "stages").glob("*.py") if f.stem != "__init__"))
 def test_every_stage_has_help(stage):
     import importlib
 
@@ -61,3 +61,18 @@ def test_every_stage_has_help(stage):
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0
     assert "--params" in result.output
+
+
+def test_package_cli_lists_stages_and_has_help():
+    from noisystudent.__main__ import cli
+
+    assert "sync-mlflow" in CliRunner().invoke(cli, ["--help"]).output
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        out = CliRunner().invoke(cli, ["stages"]).output.split()
+    finally:
+        os.chdir(cwd)
+    assert out[:2] == ["prepare", "train_teacher"] and "robustness" in out and out[-1] == "summary"

@@ -1,0 +1,101 @@
+"""Training throughput of the real loop vs a bare loop (a benchmark, run by hand; not in CI).
+
+The real loop is `noisystudent.train.fit` on the prepared digits exactly as a student trains
+(labeled + pseudo-labeled batches, RandAugment on PIL images, the default student noise); the
+bare loop is the same model, optimizer and batch shapes on random tensors already in memory,
+the loop's own ceiling. Both run in this process, one after the other, `--repeats` times
+interleaved; prints JSON with images/s of each and their ratio (median).
+
+    python benchmarks/train_speed.py                      # default student, default batch
+    python benchmarks/train_speed.py --arch ns_resnet_s --batch-size 64
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import torch
+import typer
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def bare_loop(model, batch: int, chans: int, size: int, classes: int, steps: int) -> float:
+    """images/s of forward + backward + SGD step on tensors already in memory."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    x = torch.randn(batch, chans, size, size)
+    y = torch.softmax(torch.randn(batch, classes), 1)
+    model.train()
+    for i in range(steps + 5):
+        if i == 5:  # warm-up outside the timing
+            t0 = time.perf_counter()
+        loss = -(y * torch.log_softmax(model(x), 1)).sum(1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def real_loop(p, data_dir: Path, arch: str, batch: int, ratio: int, steps: int) -> float:
+    from noisystudent import data as D
+    from noisystudent.models import create_model
+    from noisystudent.train import FitConfig, fit
+    from noisystudent.transforms import data_config, randaugment_config, train_transform
+
+    d = D.Prepared.load(data_dir)
+    cfg = data_config(arch, d.in_chans, p.data.image_size, d.image_size)
+    tf = train_transform(cfg, randaugment_config(p.noise.randaugment_n, p.noise.randaugment_m))
+    lab = d.split("labeled")
+    unl = d.split("unlabeled")
+    labeled = D.ImageDataset(d.images, lab["id"].to_numpy(), D.one_hot(lab["label"].to_numpy(), d.num_classes, 0.1), tf)
+    probs = np.full((len(unl), d.num_classes), 1.0 / d.num_classes, dtype=np.float32)
+    pseudo = D.ImageDataset(d.images, unl["id"].to_numpy(), probs, tf)
+    model = create_model(arch, d.num_classes, d.in_chans, p.noise.dropout, p.noise.drop_path)
+    fc = FitConfig(steps=steps, batch_size=batch, lr=0.01, batch_ratio=ratio, log_every=10**9)
+    fit(model, labeled, FitConfig(steps=5, batch_size=batch, lr=0.01, batch_ratio=ratio), pseudo)  # warm-up
+    t0 = time.perf_counter()
+    fit(model, labeled, fc, pseudo)
+    return steps * batch * (1 + ratio) / (time.perf_counter() - t0)
+
+
+def main(
+    arch: Annotated[Optional[str], typer.Option(help="model (default: the last iteration's in params.yaml)")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="labeled batch (default: train.batch_size)")] = None,
+    steps: int = 60,
+    repeats: int = 3,
+    data: Annotated[Path, typer.Option(help="prepared data folder (run `dvc repro prepare` first)")] = ROOT / "data/prepared",
+    params: Path = ROOT / "params.yaml",
+):
+    import os
+
+    os.environ.setdefault("NS_QUIET", "1")
+    from noisystudent.models import create_model
+    from noisystudent.params import load_params
+
+    p = load_params(params)
+    arch = arch or list(p.iterations.values())[-1].arch
+    batch = batch_size or p.train.batch_size
+    ratio = p.student.batch_ratio
+    from noisystudent.data import Prepared
+
+    d = Prepared.load(data)
+    size = p.data.image_size or d.image_size
+    real, bare = [], []
+    for _ in range(repeats):
+        real.append(real_loop(p, data, arch, batch, ratio, steps))
+        model = create_model(arch, d.num_classes, d.in_chans, p.noise.dropout, p.noise.drop_path)
+        bare.append(bare_loop(model, batch * (1 + ratio), d.in_chans, size, d.num_classes, steps))
+        print(json.dumps({"real_images_per_s": round(real[-1], 1), "bare_images_per_s": round(bare[-1], 1)}), flush=True)
+    r, b = statistics.median(real), statistics.median(bare)
+    print(json.dumps({"arch": arch, "batch": f"{batch} labeled + {batch * ratio} pseudo", "threads": torch.get_num_threads(),
+                      "real_images_per_s": round(r, 1), "bare_images_per_s": round(b, 1), "ratio": round(r / b, 3)}))
+
+
+if __name__ == "__main__":
+    typer.run(main)
