@@ -107,10 +107,10 @@ class RobustnessParams(_Section):
     """The paper's robustness measurements (stages corrupt, robustness*; see robustness.py)."""
     num_images: PosInt = 200  # test images used (the first of a seeded, class-stratified order)
     corruptions: list[str] = Field(default_factory=lambda: list(_robustness().CORRUPTIONS))
-    severities: list[Annotated[int, Field(ge=1, le=5)]] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
+    severities: list[Annotated[int, Field(ge=1, le=5)]] = Field(default_factory=lambda: [1, 2, 3, 4, 5], min_length=1)
     perturbations: list[str] = Field(default_factory=lambda: list(_robustness().PERTURBATIONS))
     frames: Annotated[int, Field(ge=2)] = 8  # images per perturbation sequence
-    epsilons: list[Annotated[float, Field(ge=0, le=64)]] = Field(default_factory=lambda: [0, 1, 2, 4, 8, 16])  # FGSM, 0-255 scale
+    epsilons: list[Annotated[float, Field(ge=0, le=64)]] = Field(default_factory=lambda: [0, 1, 2, 4, 8, 16], min_length=1)  # FGSM, 0-255 scale
     fgsm_epsilon: Annotated[float, Field(ge=0, le=64)] = 4  # the one reported in the summary; must be in epsilons
     seed: int = 0
 
