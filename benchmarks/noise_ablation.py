@@ -30,6 +30,7 @@ from noisystudent.pipeline import (  # noqa: E402
     _accuracy, evaluate_stage, load_model, prepare_stage, pseudo_label_stage, select_stage, train_stage,
 )
 from noisystudent.data import Prepared  # noqa: E402
+from noisystudent.transforms import eval_transform  # noqa: E402
 
 NO_NOISE = {"noise.randaugment_n": 0, "noise.dropout": 0.0, "noise.drop_path": 0.0}
 NOISE_KEYS = ("randaugment_n", "randaugment_m", "dropout", "drop_path")

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from noisystudent.io import load_checkpoint
-from test_e2e import dvc, make_repo, ran
+from test_e2e import dvc, make_repo
 
 pytestmark = pytest.mark.slow
 
