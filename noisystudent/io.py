@@ -103,6 +103,16 @@ def atomic_save_torch(path: str | Path, obj) -> None:
         tmp.write_bytes(buf.getvalue())
 
 
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """weights_only=True: a checkpoint is data; one carrying pickled code is refused."""
     import torch

@@ -10,18 +10,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 
 from . import data as D
 from .evaluate import classification_metrics
-from .io import atomic_save_torch, atomic_write_csv, atomic_write_json, load_checkpoint
+from .io import atomic_save_torch, atomic_write_csv, atomic_write_json, file_sha256, load_checkpoint
 from .models import create_model, num_params
 from .params import Params
 from .progress import progress
 from .tracking import StageRun
 from .train import FitConfig, Resume, fit, predict_logits, stream_soft_labels
-from .transforms import data_config, eval_transform, randaugment_config, train_transform
+from .transforms import data_config, eval_transform, pixels_to_model_input, randaugment_config, train_transform
 
 
 def _tracker(p: Params, stage: str) -> StageRun:
@@ -151,8 +150,6 @@ def resume_path(out: Path) -> Path:
 
 
 def _resume_fingerprint(name: str, arch: str, noise: dict, cfg: FitConfig, dcfg: dict, inputs: list[Path | None]) -> dict:
-    from .shards import file_sha256
-
     fit_cfg = {k: v for k, v in cfg.__dict__.items() if k != "checkpoint_every"}  # how often to save changes no result
     return {"model": name, "arch": arch, "noise": noise, "fit": fit_cfg, "data_config": dcfg,
             "inputs": {str(f): file_sha256(f) for f in inputs if f is not None}}
@@ -179,7 +176,7 @@ def pseudo_label_stage(
 ) -> int:
     """The teacher, not noised (eval mode, eval transform), labels every unlabeled image,
     streaming into bounded, resumable Parquet parts under `out` (see shards.py)."""
-    from .shards import file_sha256, ids_digest, label_shard, open_labels_dir
+    from .shards import ids_digest, label_shard, open_labels_dir
 
     _threads(p)
     num_shards = num_shards or p.pseudo.num_shards
@@ -335,22 +332,15 @@ def corrupt_stage(p: Params, data_dir: Path, out: Path) -> dict:
     every corruption x severity, and every perturbation sequence."""
     from . import robustness as R
     from .io import atomic_dir
-    from .transforms import _resize
+    from .transforms import resize_transform
 
     rp = p.eval.robustness
     data = _load_data(p, data_dir)
     test = data.split("test")
     take = test.iloc[_round_robin(test["label"].to_numpy(), rp.seed)[: rp.num_images]]
     cfg = data_config(p.teacher.arch, data.in_chans, p.data.image_size, data.image_size)
-    resize = _resize(cfg)
-
-    def pixels(i: int) -> np.ndarray:
-        im = data.images[int(i)]
-        for t in resize:
-            im = t(im)
-        return np.asarray(im)
-
-    clean = np.stack([pixels(i) for i in take["id"]])
+    resize = resize_transform(cfg)
+    clean = np.stack([np.asarray(resize(data.images[int(i)])) for i in take["id"]])
     n = len(clean)
     with _tracker(p, "corrupt") as run, atomic_dir(out) as tmp:
         corrupted = np.lib.format.open_memmap(tmp / "corrupted.npy", "w+", np.uint8, (len(rp.corruptions), len(rp.severities), *clean.shape))
@@ -396,23 +386,12 @@ def _round_robin(labels: np.ndarray, seed: int) -> np.ndarray:
 def _predict_arrays(model: torch.nn.Module, images: np.ndarray, cfg: dict, batch_size: int) -> np.ndarray:
     """Predicted classes of uint8 images (already at the robustness size), preprocessed as the
     model's own config says (resized only when its input size differs)."""
-    to01, normalize = _pixel_transforms(cfg, images.shape[1:3])
     preds = []
     with torch.inference_mode():
         for i in range(0, len(images), batch_size):
-            x = torch.stack([to01(Image.fromarray(im)) for im in images[i : i + batch_size]])
+            x, normalize = pixels_to_model_input(np.asarray(images[i : i + batch_size]), cfg)
             preds.append(model(normalize(x)).argmax(1).numpy())
     return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
-
-
-def _pixel_transforms(cfg: dict, hw: tuple[int, int]):
-    """(PIL -> tensor in [0, 1] at the model's input size, normalisation): apart, so FGSM
-    can step in pixel space."""
-    from torchvision import transforms as T
-
-    size = cfg["input_size"][-1]
-    steps = [] if tuple(hw) == (size, size) else [T.Resize((size, size), interpolation=T.InterpolationMode(cfg["interpolation"]))]
-    return T.Compose([*steps, T.ToTensor()]), T.Normalize(cfg["mean"], cfg["std"])
 
 
 def robustness_stage(p: Params, model_name: str, rob_dir: Path, ckpt_path: Path, out: Path, baseline: Path | None = None) -> dict:
@@ -438,8 +417,7 @@ def robustness_stage(p: Params, model_name: str, rob_dir: Path, ckpt_path: Path,
         P, F = perturbed.shape[0], perturbed.shape[2]
         pp = _predict_arrays(model, np.asarray(perturbed).reshape(P * n * F, *clean.shape[1:]), cfg, bs).reshape(P, n, F)
         flips = {name: R.flip_probability(pp[i], name in R.NOISE_SEQUENCES) for i, name in enumerate(meta["perturbations"])}
-        to01, normalize = _pixel_transforms(cfg, clean.shape[1:3])
-        x = torch.stack([to01(Image.fromarray(im)) for im in clean])
+        x, normalize = pixels_to_model_input(clean, cfg)
         y = torch.from_numpy(labels)
         fgsm_acc = {}
         for eps in rp.epsilons:

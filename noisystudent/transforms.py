@@ -53,6 +53,25 @@ def _resize(cfg: dict) -> list:
     return [T.Resize(math.floor(size / cfg["crop_pct"]), interpolation=interp), T.CenterCrop(size)]
 
 
+def resize_transform(cfg: dict) -> T.Compose:
+    """The resize (and centre crop) of `cfg` alone, PIL in, PIL out."""
+    return T.Compose(_resize(cfg))
+
+
+def pixels_to_model_input(images, cfg: dict):
+    """uint8 arrays [N, H, W(, C)] already at any size -> (batch in [0, 1] at the model's input
+    size, the normalisation to apply on top). Kept apart so FGSM can step in pixel space;
+    equal to eval_transform's ToTensor when no resize is needed."""
+    import torch
+
+    x = torch.from_numpy(images).float().div(255)
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    size = cfg["input_size"][-1]
+    if tuple(x.shape[-2:]) != (size, size):
+        x = T.Resize((size, size), interpolation=T.InterpolationMode(cfg["interpolation"]), antialias=True)(x)
+    return x.contiguous(), T.Normalize(cfg["mean"], cfg["std"])
+
+
 def _to_tensor(cfg: dict) -> list:
     return [T.ToTensor(), T.Normalize(cfg["mean"], cfg["std"])]
 
