@@ -26,23 +26,36 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def bare_loop(model, batch: int, chans: int, size: int, classes: int, steps: int) -> float:
-    """images/s of forward + backward + SGD step on tensors already in memory."""
+def bare_loop(model, batch: int, chans: int, size: int, classes: int, steps: int, rt) -> float:
+    """images/s of forward + backward + SGD step on tensors already in memory (on the device),
+    with the same precision and memory format as the real loop."""
+    rt.model(model)
+    net = torch.compile(model) if rt.compile else model
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
-    x = torch.randn(batch, chans, size, size)
-    y = torch.softmax(torch.randn(batch, classes), 1)
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp == torch.float16)
+    x = rt.input(torch.randn(batch, chans, size, size))
+    y = torch.softmax(torch.randn(batch, classes, device=rt.device), 1)
     model.train()
     for i in range(steps + 5):
         if i == 5:  # warm-up outside the timing
+            _sync(rt)
             t0 = time.perf_counter()
-        loss = -(y * torch.log_softmax(model(x), 1)).sum(1).mean()
+        with rt.autocast():
+            loss = -(y * torch.log_softmax(net(x).float(), 1)).sum(1).mean()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    _sync(rt)
     return steps * batch / (time.perf_counter() - t0)
 
 
-def real_loop(p, data_dir: Path, arch: str, batch: int, ratio: int, steps: int) -> float:
+def _sync(rt) -> None:
+    if rt.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def real_loop(p, data_dir: Path, arch: str, batch: int, ratio: int, steps: int, rt, ema_decay: float) -> float:
     from noisystudent import data as D
     from noisystudent.models import create_model
     from noisystudent.train import FitConfig, fit
@@ -57,10 +70,10 @@ def real_loop(p, data_dir: Path, arch: str, batch: int, ratio: int, steps: int) 
     probs = np.full((len(unl), d.num_classes), 1.0 / d.num_classes, dtype=np.float32)
     pseudo = D.ImageDataset(d.images, unl["id"].to_numpy(), probs, tf)
     model = create_model(arch, d.num_classes, d.in_chans, p.noise.dropout, p.noise.drop_path)
-    fc = FitConfig(steps=steps, batch_size=batch, lr=0.01, batch_ratio=ratio, log_every=10**9)
-    fit(model, labeled, FitConfig(steps=5, batch_size=batch, lr=0.01, batch_ratio=ratio), pseudo)  # warm-up
+    fc = FitConfig(steps=steps, batch_size=batch, lr=0.01, batch_ratio=ratio, log_every=10**9, ema_decay=ema_decay)
+    fit(model, labeled, FitConfig(steps=5, batch_size=batch, lr=0.01, batch_ratio=ratio), pseudo, rt=rt)  # warm-up
     t0 = time.perf_counter()
-    fit(model, labeled, fc, pseudo)
+    fit(model, labeled, fc, pseudo, rt=rt)  # ends with a read of the running sums: the device has finished
     return steps * batch * (1 + ratio) / (time.perf_counter() - t0)
 
 
@@ -69,6 +82,12 @@ def main(
     batch_size: Annotated[Optional[int], typer.Option(help="labeled batch (default: train.batch_size)")] = None,
     steps: int = 60,
     repeats: int = 3,
+    precision: Annotated[str, typer.Option(help="fp32 | bf16 | fp16 | mixed (both loops)")] = "fp32",
+    channels_last: bool = False,
+    compile: bool = False,
+    workers: Annotated[int, typer.Option(help="training DataLoader workers (real loop)")] = 0,
+    ema_decay: Annotated[Optional[float], typer.Option(help="real loop's EMA (default: train.ema_decay)")] = None,
+    device: str = "auto",
     data: Annotated[Path, typer.Option(help="prepared data folder (run `dvc repro prepare` first)")] = ROOT / "data/prepared",
     params: Path = ROOT / "params.yaml",
 ):
@@ -77,6 +96,7 @@ def main(
     os.environ.setdefault("NS_QUIET", "1")
     from noisystudent.models import create_model
     from noisystudent.params import load_params
+    from noisystudent.runtime import runtime
 
     p = load_params(params)
     arch = arch or list(p.iterations.values())[-1].arch
@@ -86,14 +106,17 @@ def main(
 
     d = Prepared.load(data)
     size = p.data.image_size or d.image_size
+    rt = runtime(device, precision, channels_last, workers, compile)
+    ema = p.train.ema_decay if ema_decay is None else ema_decay
     real, bare = [], []
     for _ in range(repeats):
-        real.append(real_loop(p, data, arch, batch, ratio, steps))
+        real.append(real_loop(p, data, arch, batch, ratio, steps, rt, ema))
         model = create_model(arch, d.num_classes, d.in_chans, p.noise.dropout, p.noise.drop_path)
-        bare.append(bare_loop(model, batch * (1 + ratio), d.in_chans, size, d.num_classes, steps))
+        bare.append(bare_loop(model, batch * (1 + ratio), d.in_chans, size, d.num_classes, steps, rt))
         print(json.dumps({"real_images_per_s": round(real[-1], 1), "bare_images_per_s": round(bare[-1], 1)}), flush=True)
     r, b = statistics.median(real), statistics.median(bare)
     print(json.dumps({"arch": arch, "batch": f"{batch} labeled + {batch * ratio} pseudo", "threads": torch.get_num_threads(),
+                      **rt.describe(), "ema_decay": ema, "workers": workers, "steps": steps, "repeats": repeats,
                       "real_images_per_s": round(r, 1), "bare_images_per_s": round(b, 1), "ratio": round(r / b, 3)}))
 
 

@@ -16,6 +16,7 @@ for digits they are the indices into scikit-learn's array.
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +27,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from .images import GRAY_MODES, load_image, scan
 from .io import atomic_dir, atomic_path, atomic_write_csv, atomic_write_json, atomic_write_parquet
 from .params import DataParams
 from .sources import DataError, Source, Split, load_source
+from .transforms import Preprocess
 
 SPLITS = ("labeled", "unlabeled", "val", "test")
 
@@ -206,6 +208,13 @@ class ArrayImages:
         im = Image.fromarray(np.asarray(self.array[i]))
         return im if im.mode == self.mode else im.convert(self.mode)
 
+    def take(self, ids: np.ndarray) -> np.ndarray | None:
+        """uint8 pixels of many ids in one read, or None when they are not stored in `mode`
+        (e.g. grayscale data fed to an RGB model) and need PIL's conversion."""
+        a = self.array
+        stored = "L" if a.ndim == 3 else "RGB" if a.shape[-1] == 3 else None
+        return np.asarray(a[np.asarray(ids)]) if stored == self.mode else None
+
 
 class FileImages:
     """Images by id from files under the data root, decoded safely on demand. Paths live in
@@ -270,15 +279,48 @@ def one_hot(labels: np.ndarray, num_classes: int, smoothing: float = 0.0) -> np.
 
 class ImageDataset(Dataset):
     """Images by id from a store (ArrayImages / FileImages), each with a probability-vector
-    target, or with its id when there are no targets (labeling, evaluation)."""
+    target, or with its id when there are no targets (labeling, evaluation).
 
-    def __init__(self, images, ids: np.ndarray, targets: np.ndarray | None, transform):
+    Read a batch at a time (`__getitems__`, which DataLoader calls with a batch's keys; use
+    `loader()`): per-image PIL work only where there is some, then one tensor op for the
+    batch. A key is a position, or (position, seed) from the training sampler: Python's
+    and NumPy's RNGs, which RandAugment draws from, are then seeded per image, so its
+    choices never depend on which process or worker loads the image, nor on a resume."""
+
+    def __init__(self, images, ids: np.ndarray, targets: np.ndarray | None, transform: Preprocess):
         self.images, self.ids, self.targets, self.transform = images, np.asarray(ids), targets, transform
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, i: int):
-        x = self.transform(self.images[int(self.ids[i])])
-        y = torch.from_numpy(self.targets[i]) if self.targets is not None else torch.tensor(int(self.ids[i]))
-        return x, y
+    def __getitems__(self, keys: list) -> tuple[torch.Tensor, torch.Tensor]:
+        pos = np.fromiter((k[0] if isinstance(k, tuple) else k for k in keys), dtype=np.int64, count=len(keys))
+        ids = self.ids[pos]
+        pix = None
+        if self.transform.pil is None and isinstance(self.images, ArrayImages):
+            pix = self.images.take(ids)  # no PIL op: straight from the array
+        if pix is None:
+            pix = np.stack([self._pixels(k) for k in keys])
+        y = torch.from_numpy(self.targets[pos]) if self.targets is not None else torch.from_numpy(ids.astype(np.int64))
+        return self.transform.batch(pix), y
+
+    def _pixels(self, key) -> np.ndarray:
+        i, seed = key if isinstance(key, tuple) else (key, None)
+        if seed is not None:
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+        return self.transform.pixels(self.images[int(self.ids[i])])
+
+    def __getitem__(self, key):
+        x, y = self.__getitems__([key])
+        return x[0], y[0]
+
+
+def keep_batch(batch):
+    """collate_fn for datasets whose `__getitems__` already returns a whole batch."""
+    return batch
+
+
+def loader(ds: Dataset, **kw) -> DataLoader:
+    """A DataLoader reading `ds` a batch at a time through its `__getitems__`."""
+    return DataLoader(ds, collate_fn=keep_batch, **kw)

@@ -71,6 +71,9 @@ class TeacherParams(NoiseParams):
     dropout: Prob = 0.5
 
 
+Precision = Literal["fp32", "bf16", "fp16", "mixed"]
+
+
 class TrainParams(_Section):
     """Optimisation shared by teacher and student (one loop for both)."""
     batch_size: PosInt = 32
@@ -82,6 +85,21 @@ class TrainParams(_Section):
     seed: int = 0  # model init and batch order; iteration i trains with seed + i
     num_threads: Annotated[int, Field(ge=0)] = 0  # 0 = torch default
     checkpoint_every: Annotated[int, Field(ge=0)] = 100  # steps between resume checkpoints (models/.resume/); 0 = none
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.0  # 0 = off; else val, test and labeling use the EMA weights
+    # how it runs (see noisystudent/runtime.py); speed only, except precision and nproc
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees a GPU
+    precision: Precision = "fp32"  # mixed: bf16 where the hardware has it, else fp16 + gradient scaler
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the model (first steps are slow while it compiles)
+    workers: Annotated[int, Field(ge=0)] = 0  # training DataLoader workers (persistent, prefetching)
+    nproc: PosInt = 1  # > 1: the stage re-runs itself under `torchrun --nproc_per_node nproc` (DDP)
+
+    @model_validator(mode="after")
+    def _batch_splits(self) -> "TrainParams":
+        # each of nproc processes takes an equal slice of every global batch
+        if self.batch_size % self.nproc:
+            raise ValueError(f"batch_size: {self.batch_size} does not split over nproc={self.nproc} processes (make it a multiple)")
+        return self
 
 
 class PseudoParams(_Section):
@@ -89,6 +107,8 @@ class PseudoParams(_Section):
     batch_size: PosInt = 256
     num_shards: PosInt = 1  # resumable units; `--shard i` or torchrun ranks label them in parallel
     rows_per_file: PosInt = 100_000  # Parquet part size: memory while labeling is bounded by it
+    precision: Precision = "fp32"  # of the teacher's forward pass (on train.device)
+    nproc: PosInt = 1  # > 1: torchrun processes on this machine, each labeling its share of the shards
 
 
 class SelectParams(_Section):

@@ -18,16 +18,17 @@ from .io import atomic_save_torch, atomic_write_csv, atomic_write_json, file_sha
 from .models import create_model, num_params
 from .params import Params
 from .progress import progress
+from .runtime import Runtime, amp_dtype, pick_device, runtime
 from .tracking import StageRun
 from .train import FitConfig, Resume, fit, predict_logits, stream_soft_labels
 from .transforms import data_config, eval_transform, pixels_to_model_input, randaugment_config, train_transform
 
 
-def _tracker(p: Params, stage: str) -> StageRun:
+def _tracker(p: Params, stage: str, enabled: bool = True) -> StageRun:
     # stages about one model (train_student@s1, evaluate@s1, robustness@s1) carry its name as a
     # tag, so MLflow can group a model's training, test and robustness runs
     model = "teacher" if stage in ("train_teacher", "robustness_teacher") or stage.endswith("@teacher") else stage.partition("@")[2]
-    return StageRun(stage, p.mlflow.experiment, p.model_dump(), enabled=p.mlflow.enabled, tags={"ns.model": model} if model else None)
+    return StageRun(stage, p.mlflow.experiment, p.model_dump(), enabled=p.mlflow.enabled and enabled, tags={"ns.model": model} if model else None)
 
 
 def _threads(p: Params) -> None:
@@ -59,7 +60,14 @@ def _load_data(p: Params, data_dir: Path) -> D.Prepared:
 def _loader(p: Params, data: D.Prepared, ids: np.ndarray, tf, batch_size: int) -> DataLoader:
     """Un-shuffled, id-keyed batches for labeling and evaluation; workers decode."""
     w = p.data.num_workers
-    return DataLoader(D.ImageDataset(data.images, ids, None, tf), batch_size=batch_size, num_workers=w, persistent_workers=False)
+    return D.loader(D.ImageDataset(data.images, ids, None, tf), batch_size=batch_size, num_workers=w,
+                    persistent_workers=False, pin_memory=torch.cuda.is_available() and p.train.device != "cpu")
+
+
+def _inference_runtime(p: Params, precision: str = "fp32") -> Runtime:
+    """Labeling and evaluation: train.device, no process group (ranks label apart)."""
+    dev = pick_device(p.train.device, int(os.environ.get("LOCAL_RANK", "0")))
+    return Runtime(dev, amp_dtype(precision, dev), p.train.channels_last)
 
 
 def _accuracy(p: Params, model: torch.nn.Module, data: D.Prepared, split: str, tf, batch_size: int = 256) -> float:
@@ -113,27 +121,37 @@ def train_stage(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Pa
         steps=steps, batch_size=p.train.batch_size, lr=p.train.lr, momentum=p.train.momentum,
         weight_decay=p.train.weight_decay, warmup_steps=p.train.warmup_steps,
         batch_ratio=1 if is_teacher else p.student.batch_ratio, seed=seed, checkpoint_every=p.train.checkpoint_every,
+        ema_decay=p.train.ema_decay,
     )
-    resume = Resume(resume_path(out), _resume_fingerprint(name, arch, noise.model_dump(), cfg, dcfg,
+    t = p.train
+    rt = runtime(t.device, t.precision, t.channels_last, t.workers, t.compile)  # joins torchrun's group, if any
+    resume = Resume(resume_path(out), _resume_fingerprint(name, arch, noise.model_dump(), cfg, dcfg, rt,
                                                           [data.root / "meta.json", data.root / "labeled.parquet", selected]))
     stage = "train_teacher" if is_teacher else f"train_student@{name}"
-    with _tracker(p, stage) as run:
+    # rank 0 alone writes the checkpoint, the metrics and the MLflow records
+    with _tracker(p, stage, enabled=rt.main) as run:
         run.log_params({"arch": arch, "role": "teacher" if is_teacher else "student", "num_params": num_params(model),
-                        "noise": noise.model_dump(), "fit": cfg.__dict__, "n_pseudo": 0 if pseudo_ds is None else len(pseudo_ds)})
+                        "noise": noise.model_dump(), "fit": cfg.__dict__, "runtime": rt.describe(),
+                        "n_pseudo": 0 if pseudo_ds is None else len(pseudo_ds)})
 
-        def on_log(step: int, figs: dict) -> None:
-            figs = {**figs, "val_acc": _accuracy(p, model, data, "val", tf_eval)}
+        def on_log(step: int, figs: dict, predictor: torch.nn.Module) -> None:
+            figs = {**figs, "val_acc": _accuracy(p, predictor, data, "val", tf_eval)}
             run.log_metrics(figs, step)
             print(f"[{stage}] step {step}/{steps} " + " ".join(f"{k}={v:.4f}" for k, v in figs.items()), flush=True)
 
         t0 = time.perf_counter()
-        fit(model, labeled, cfg, pseudo_ds, on_log=on_log, desc=stage, resume=resume)
+        predictor, _ = fit(model, labeled, cfg, pseudo_ds, on_log=on_log, desc=stage, resume=resume, rt=rt)
         seconds = time.perf_counter() - t0
+        if not rt.main:
+            return {}
         imgs = steps * cfg.batch_size * (1 + (0 if pseudo_ds is None else cfg.batch_ratio))
-        result = {"val_acc": _accuracy(p, model, data, "val", tf_eval), "train_seconds": round(seconds, 2),
+        result = {"val_acc": _accuracy(p, predictor, data, "val", tf_eval), "train_seconds": round(seconds, 2),
                   "images_per_second": round(imgs / seconds, 1), "num_params": num_params(model), "steps": steps}
+        # the weights that predict (EMA when train.ema_decay > 0); the raw ones kept beside them
         ckpt = {"arch": arch, "num_classes": data.num_classes, "in_chans": data.in_chans, "name": name,
-                "data_config": dcfg, "state_dict": model.state_dict(), "params": json.loads(p.model_dump_json())}
+                "data_config": dcfg, "state_dict": _cpu_state(predictor), "params": json.loads(p.model_dump_json())}
+        if predictor is not model:
+            ckpt["state_dict_raw"] = _cpu_state(model)
         atomic_save_torch(out, ckpt)
         # timings go to MLflow only: the DVC metrics stay identical across identical runs
         atomic_write_json(metrics_out, {k: v for k, v in result.items() if k not in ("train_seconds", "images_per_second")})
@@ -143,15 +161,20 @@ def train_stage(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Pa
     return result
 
 
+def _cpu_state(model: torch.nn.Module) -> dict:
+    # plain contiguous CPU tensors: a checkpoint loads anywhere, whatever device / memory format trained it
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
 def resume_path(out: Path) -> Path:
     """Resume checkpoints live beside the model, in `.resume/`: not a DVC output, so DVC
     neither deletes them before a re-run nor caches them."""
     return out.parent / ".resume" / out.name
 
 
-def _resume_fingerprint(name: str, arch: str, noise: dict, cfg: FitConfig, dcfg: dict, inputs: list[Path | None]) -> dict:
+def _resume_fingerprint(name: str, arch: str, noise: dict, cfg: FitConfig, dcfg: dict, rt: Runtime, inputs: list[Path | None]) -> dict:
     fit_cfg = {k: v for k, v in cfg.__dict__.items() if k != "checkpoint_every"}  # how often to save changes no result
-    return {"model": name, "arch": arch, "noise": noise, "fit": fit_cfg, "data_config": dcfg,
+    return {"model": name, "arch": arch, "noise": noise, "fit": fit_cfg, "data_config": dcfg, "runtime": rt.describe(),
             "inputs": {str(f): file_sha256(f) for f in inputs if f is not None}}
 
 
@@ -182,16 +205,18 @@ def pseudo_label_stage(
     num_shards = num_shards or p.pseudo.num_shards
     data = _load_data(p, data_dir)
     model, ckpt = load_model(teacher_ckpt)
+    rt = _inference_runtime(p, p.pseudo.precision)
+    rt.model(model)
     tf = eval_transform(ckpt["data_config"])  # the teacher's own preprocessing, never noised
     ids = data.split("unlabeled")["id"].to_numpy()
     fingerprint = {"teacher_sha256": file_sha256(teacher_ckpt), "ids_sha256": ids_digest(ids), "num_ids": int(len(ids)),
                    "temperature": p.pseudo.temperature, "batch_size": p.pseudo.batch_size, "num_shards": num_shards,
-                   "rows_per_file": p.pseudo.rows_per_file}
+                   "rows_per_file": p.pseudo.rows_per_file, "precision": p.pseudo.precision}
     # under torchrun every rank labels its own shards into one folder; rank 0 sets it up
     open_labels_dir(out, fingerprint, leader=shard is not None or int(os.environ.get("RANK", "0")) == 0)
 
     def predict(chunk: np.ndarray):
-        return stream_soft_labels(model, _loader(p, data, chunk, tf, p.pseudo.batch_size), p.pseudo.temperature)
+        return stream_soft_labels(model, _loader(p, data, chunk, tf, p.pseudo.batch_size), p.pseudo.temperature, rt)
 
     written = 0
     with _tracker(p, f"pseudo_label@{iteration}") as run:
@@ -222,10 +247,12 @@ def evaluate_stage(p: Params, model_name: str, data_dir: Path, ckpt_path: Path, 
     _threads(p)
     data = _load_data(p, data_dir)
     model, ckpt = load_model(ckpt_path)
+    rt = _inference_runtime(p)
+    rt.model(model)
     test = data.split("test")
     with _tracker(p, f"evaluate@{model_name}") as run:
         tf = eval_transform(ckpt["data_config"])
-        logits, _ = predict_logits(model, _loader(p, data, test["id"].to_numpy(), tf, p.eval.batch_size), desc=f"evaluate@{model_name}")
+        logits, _ = predict_logits(model, _loader(p, data, test["id"].to_numpy(), tf, p.eval.batch_size), desc=f"evaluate@{model_name}", rt=rt)
         labels = test["label"].to_numpy()
         m = classification_metrics(logits.numpy(), labels, data.num_classes, p.eval.ece_bins)
         m = {"model": model_name, "arch": ckpt["arch"], "num_params": num_params(model), **m}

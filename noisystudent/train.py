@@ -19,9 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .progress import progress
+from .runtime import Runtime
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class FitConfig:
     seed: int = 0
     log_every: int = 50
     checkpoint_every: int = 0  # steps between resume checkpoints; 0 = none
+    ema_decay: float = 0.0  # 0 = no EMA; else predictions use the EMA weights (official code)
 
 
 def seed_everything(seed: int) -> None:
@@ -54,10 +56,15 @@ class CycleBatchSampler:
     """Exactly `steps` batches of `batch_size` (index, augmentation seed) pairs, drawn epoch
     after epoch as seeded permutations (every image seen equally often, even when
     n < batch_size). Its own generator: `start` skips batches without loading anything, so a
-    resumed run draws exactly the batches the uninterrupted one would."""
+    resumed run draws exactly the batches the uninterrupted one would.
 
-    def __init__(self, n: int, batch_size: int, steps: int, seed: int, stream: int, start: int = 0):
+    Under DDP every rank draws the same global batch and keeps its slice rank::world, with
+    seeds from the global positions: the images and their augmentations are those of a
+    single process, whatever the number of processes."""
+
+    def __init__(self, n: int, batch_size: int, steps: int, seed: int, stream: int, start: int = 0, rank: int = 0, world: int = 1):
         self.n, self.batch_size, self.steps, self.seed, self.stream, self.start = n, batch_size, steps, seed, stream, start
+        self.rank, self.world = rank, world
 
     def __len__(self) -> int:
         return self.steps - self.start
@@ -71,7 +78,7 @@ class CycleBatchSampler:
             batch, buf = buf[: self.batch_size], buf[self.batch_size :]
             if step >= self.start:
                 first = step * self.batch_size
-                yield [(i, sample_seed(self.seed, self.stream, first + j)) for j, i in enumerate(batch)]
+                yield [(i, sample_seed(self.seed, self.stream, first + j)) for j, i in enumerate(batch)][self.rank :: self.world]
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -88,9 +95,9 @@ def lr_at(step: int, cfg: FitConfig) -> float:
 
 
 class SeededDataset(Dataset):
-    """Wraps a dataset for CycleBatchSampler's (index, seed) keys: RandAugment draws from
-    Python's and NumPy's global RNGs, seeded here per image, so its choices never depend on
-    which process or worker loads the image, nor on a resume."""
+    """Lets any map-style dataset take the sampler's (index, seed) keys: seeds Python's and
+    NumPy's RNGs per item, then collates. ImageDataset takes such keys itself, a batch at a
+    time."""
 
     def __init__(self, ds: Dataset):
         self.ds = ds
@@ -98,17 +105,26 @@ class SeededDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ds)
 
-    def __getitem__(self, key: tuple[int, int]):
-        i, seed = key
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        return self.ds[i]
+    def __getitems__(self, keys: list[tuple[int, int]]):
+        items = []
+        for i, seed in keys:
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            items.append(self.ds[i])
+        return default_collate(items)
 
 
-def _loader(ds: Dataset, batch_size: int, cfg: FitConfig, stream: int, start: int) -> DataLoader:
-    # num_workers=0: the images are tiny and in memory; workers would cost more than they save
-    sampler = CycleBatchSampler(len(ds), batch_size, cfg.steps, cfg.seed, stream, start)
-    return DataLoader(SeededDataset(ds), batch_sampler=sampler)
+def _loader(ds: Dataset, batch_size: int, cfg: FitConfig, rt: Runtime, stream: int, start: int) -> DataLoader:
+    from .data import ImageDataset, loader
+
+    if batch_size % rt.world:
+        raise ValueError(f"batch of {batch_size} does not split over {rt.world} processes: make it a multiple (train.batch_size)")
+    sampler = CycleBatchSampler(len(ds), batch_size, cfg.steps, cfg.seed, stream, start, rt.rank, rt.world)
+    # workers pay off where decoding is heavy (files, big images, a GPU waiting); on a small
+    # CPU with in-memory images they compete with the model for the same cores (default 0)
+    return loader(ds if isinstance(ds, ImageDataset) else SeededDataset(ds), batch_sampler=sampler, num_workers=rt.workers,
+                  persistent_workers=rt.workers > 0, prefetch_factor=4 if rt.workers else None,
+                  pin_memory=rt.device.type == "cuda")
 
 
 def _fault_kill_at(desc: str, step: int) -> None:
@@ -149,97 +165,164 @@ def fit(
     labeled: Dataset,
     cfg: FitConfig,
     pseudo: Dataset | None = None,
-    on_log: Callable[[int, dict], None] | None = None,
+    on_log: Callable[[int, dict, nn.Module], None] | None = None,
     desc: str = "train",
     resume: Resume | None = None,
-) -> dict:
-    """Train `model` in place for cfg.steps steps; returns the last logged figures.
+    rt: Runtime | None = None,
+) -> tuple[nn.Module, dict]:
+    """Train `model` in place for cfg.steps steps. Returns (the model to predict with: its EMA
+    copy when cfg.ema_decay > 0, else `model`; the last logged figures). `on_log(step,
+    figures, that model)` runs on rank 0 only.
 
-    With `resume`, a checkpoint (model, optimizer, RNG state, step, running sums, last
-    figures) is written atomically every cfg.checkpoint_every steps; a later call with the
-    same fingerprint continues from it and ends exactly as an uninterrupted run would. The
-    caller removes the file once its outputs are written."""
+    The hot loop never waits for the device: running sums stay on it and are read every
+    cfg.log_every steps (the finite-loss check happens then too). Under torchrun each rank
+    trains on its slice of every global batch with DistributedDataParallel (gradients
+    averaged), so the global batch and the images seen equal a single process's.
+
+    With `resume`, a checkpoint (model, EMA, optimizer, scaler, every rank's RNG state,
+    step, running sums, last figures) is written atomically by rank 0 every
+    cfg.checkpoint_every steps; a later call with the same fingerprint continues from it and
+    ends exactly as an uninterrupted run would. The caller removes it once its outputs exist."""
+    from timm.utils import ModelEmaV3
+    from torch.nn.parallel import DistributedDataParallel
+
     from .io import atomic_save_torch
 
-    seed_everything(cfg.seed)
+    rt = rt or Runtime()
+    seed_everything(cfg.seed + 7919 * rt.rank)  # dropout / stochastic depth masks differ per rank
+    rt.model(model)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
-    sums = torch.zeros(3)  # labeled loss, pseudo loss, labeled correct: summed on-device, read at log time
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp == torch.float16)  # fp16 only: bf16 needs none
+    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay > 0 else None
+    sums = torch.zeros(3, device=rt.device)  # labeled loss, pseudo loss, labeled correct: read at log time only
     last: dict = {}
     start = 0
     state = _load_resume(resume) if resume is not None else None
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        sums, last, start = state["sums"], state["last"], int(state["step"])
-        print(f"{resume.path}: resuming at step {start}/{cfg.steps}", flush=True)
-    lab_iter = iter(_loader(labeled, cfg.batch_size, cfg, 0, start))
-    pse_iter = iter(_loader(pseudo, cfg.batch_size * cfg.batch_ratio, cfg, 1, start)) if pseudo is not None else None
+        scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            ema.module.load_state_dict(state["ema"])
+        sums, last, start = state["sums"].to(rt.device), state["last"], int(state["step"])
+        if rt.main:
+            print(f"{resume.path}: resuming at step {start}/{cfg.steps}", flush=True)
+    lab_iter = iter(_loader(labeled, cfg.batch_size, cfg, rt, 0, start))
+    pse_iter = iter(_loader(pseudo, cfg.batch_size * cfg.batch_ratio, cfg, rt, 1, start)) if pseudo is not None else None
     if state is not None:
         # after the iterators: creating one draws from the global RNG, which the saved
         # state already accounts for (dropout and stochastic depth draw from it too)
-        torch.set_rng_state(state["torch_rng"])
+        _set_rng(state["rng"][rt.rank], rt.device)
+    net = model
+    if rt.world > 1:
+        net = DistributedDataParallel(model, device_ids=[rt.device] if rt.device.type == "cuda" else None)
+    if rt.compile:
+        net = torch.compile(net)
+    predictor = ema.module if ema is not None else model
     model.train()
-    with progress(desc, total=cfg.steps) as bar:
+    with progress(desc, total=cfg.steps, enabled=rt.main) as bar:
         bar.advance(start)
         for step in range(start, cfg.steps):
             _fault_kill_at(desc, step)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
             x_l, y_l = next(lab_iter)
-            if pse_iter is not None:
-                x_u, y_u = next(pse_iter)
-                logits = model(torch.cat([x_l, x_u]))
-                logits_l, logits_u = logits[: len(x_l)], logits[len(x_l) :]
-                loss_u = soft_cross_entropy(logits_u, y_u)
-            else:
-                logits_l, loss_u = model(x_l), torch.zeros(())
-            loss_l = soft_cross_entropy(logits_l, y_l)
-            loss = loss_l + cfg.batch_ratio * loss_u
+            x_l, y_l = rt.input(x_l), y_l.to(rt.device, non_blocking=True)
+            with rt.autocast():
+                if pse_iter is not None:
+                    x_u, y_u = next(pse_iter)
+                    x_u, y_u = rt.input(x_u), y_u.to(rt.device, non_blocking=True)
+                    logits = net(torch.cat([x_l, x_u])).float()
+                    logits_l, logits_u = logits[: len(x_l)], logits[len(x_l) :]
+                    loss_u = soft_cross_entropy(logits_u, y_u)
+                else:
+                    logits_l, loss_u = net(x_l).float(), torch.zeros((), device=rt.device)
+                loss_l = soft_cross_entropy(logits_l, y_l)
+                loss = loss_l + cfg.batch_ratio * loss_u
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            if ema is not None:
+                ema.update(model, step=step + 1)
             with torch.no_grad():
                 sums += torch.stack([loss_l.detach(), loss_u.detach(), (logits_l.argmax(1) == y_l.argmax(1)).float().mean()])
             bar.advance()
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                if rt.world > 1:
+                    torch.distributed.all_reduce(sums)
+                    sums /= rt.world
                 n = (step % cfg.log_every) + 1
                 ll, lu, acc = (sums / n).tolist()
                 sums.zero_()
                 last = {"loss_labeled": ll, "loss_pseudo": lu, "train_acc": acc, "lr": opt.param_groups[0]["lr"]}
                 if not math.isfinite(ll + lu):
                     raise FloatingPointError(f"loss became {ll + lu} at step {step + 1}: lower train.lr")
-                if on_log is not None:
-                    on_log(step + 1, last)
+                if on_log is not None and rt.main:
+                    on_log(step + 1, last, predictor)  # leaves the modes as it found them
             if resume is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
                 # after on_log: the RNG state saved includes whatever logging consumed
-                atomic_save_torch(resume.path, {
-                    "fingerprint": resume.fingerprint, "step": step + 1, "model": model.state_dict(),
-                    "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(), "sums": sums.clone(), "last": last,
-                })
-    return last
+                rngs = _gather(_get_rng(rt.device), rt)
+                if rt.main:
+                    atomic_save_torch(resume.path, {
+                        "fingerprint": resume.fingerprint, "step": step + 1, "model": model.state_dict(),
+                        "ema": ema.module.state_dict() if ema is not None else None, "optimizer": opt.state_dict(),
+                        "scaler": scaler.state_dict(), "rng": rngs, "sums": sums.cpu(), "last": last,
+                    })
+    return predictor.eval(), last
+
+
+def _get_rng(device: torch.device) -> dict:
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def _set_rng(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if state.get("cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _gather(obj, rt: Runtime) -> list:
+    """Every rank's `obj`, in rank order (collective: all ranks call it at the same step)."""
+    if rt.world == 1:
+        return [obj]
+    out: list = [None] * rt.world
+    torch.distributed.all_gather_object(out, obj)
+    return out
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, loader: DataLoader, desc: str | None = "predict") -> tuple[torch.Tensor, torch.Tensor]:
+def predict_logits(model: nn.Module, loader: DataLoader, desc: str | None = "predict", rt: Runtime | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Un-noised predictions: eval mode (no dropout, no stochastic depth) under inference_mode.
-    The loader must use the eval transform. Returns (logits, ids or labels) in loader order.
-    desc=None: no progress bar (quick checks inside training)."""
+    The loader must use the eval transform. Returns (float32 logits on the CPU, ids or
+    labels) in loader order. desc=None: no progress bar (quick checks inside training)."""
+    rt = rt or _runtime_of(model)
     model.eval()
     outs, keys = [], []
     with progress(desc or "", total=len(loader), enabled=desc is not None) as bar:
         for x, k in loader:
-            outs.append(model(x).float())
+            with rt.autocast():
+                outs.append(model(rt.input(x)).float())
             keys.append(k)
             bar.advance()
-    return torch.cat(outs), torch.cat(keys)
+    return torch.cat(outs).cpu(), torch.cat(keys)
 
 
 @torch.inference_mode()
-def stream_soft_labels(model: nn.Module, loader: DataLoader, temperature: float) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def stream_soft_labels(model: nn.Module, loader: DataLoader, temperature: float, rt: Runtime | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Un-noised soft labels, batch by batch: (ids, softmax(logits / T)) as numpy. Nothing is
     kept between batches, so a pool of any size streams through in flat memory."""
     from .pseudo import soft_labels
 
+    rt = rt or _runtime_of(model)
     model.eval()
     for x, ids in loader:
-        yield ids.numpy(), soft_labels(model(x).float().numpy(), temperature)
+        with rt.autocast():
+            logits = model(rt.input(x)).float()
+        yield ids.numpy(), soft_labels(logits.cpu().numpy(), temperature)
+
+
+def _runtime_of(model: nn.Module) -> Runtime:
+    """fp32 on whatever device the model already is."""
+    p = next(model.parameters(), None)
+    return Runtime(p.device if p is not None else torch.device("cpu"))

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import torch
+
 from timm.data import resolve_data_config
 from timm.data.auto_augment import rand_augment_transform
 from timm.models import get_pretrained_cfg
@@ -62,9 +65,7 @@ def pixels_to_model_input(images, cfg: dict):
     """uint8 arrays [N, H, W(, C)] already at any size -> (batch in [0, 1] at the model's input
     size, the normalisation to apply on top). Kept apart so FGSM can step in pixel space;
     equal to eval_transform's ToTensor when no resize is needed."""
-    import torch
-
-    x = torch.from_numpy(images).float().div(255)
+    x = torch.from_numpy(np.require(images, requirements="W")).float().div(255)  # copies read-only (memory-mapped) input
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
     size = cfg["input_size"][-1]
     if tuple(x.shape[-2:]) != (size, size):
@@ -72,18 +73,41 @@ def pixels_to_model_input(images, cfg: dict):
     return x.contiguous(), T.Normalize(cfg["mean"], cfg["std"])
 
 
-def _to_tensor(cfg: dict) -> list:
-    return [T.ToTensor(), T.Normalize(cfg["mean"], cfg["std"])]
+class Preprocess:
+    """PIL image -> model input, in two halves: `pil`, the per-image PIL ops (resize, centre
+    crop, RandAugment; None when there are none), then `batch`, one tensor op over a whole
+    batch of uint8 pixels (to [0, 1], normalise): the same arithmetic as torchvision's
+    ToTensor + Normalize per image, at a fraction of the per-image cost, which dominates
+    for small models. Array data with no PIL op never becomes a PIL image at all."""
+
+    def __init__(self, pil_ops: list, mean: list[float], std: list[float]):
+        self.pil = T.Compose(pil_ops) if pil_ops else None
+        self.mean, self.std = list(mean), list(std)
+
+    def pixels(self, img) -> np.ndarray:
+        """uint8 [H, W] or [H, W, C] after the PIL ops."""
+        return np.asarray(self.pil(img) if self.pil is not None else img)
+
+    def batch(self, pixels: np.ndarray) -> torch.Tensor:
+        """uint8 [N, H, W(, C)] -> normalised float [N, C, H, W]."""
+        x = torch.from_numpy(np.require(pixels, requirements=["C", "W"]))
+        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        return x.float().div(255).sub(mean).div(std).contiguous()
+
+    def __call__(self, img) -> torch.Tensor:
+        return self.batch(self.pixels(img)[None])[0]
 
 
-def eval_transform(cfg: dict) -> T.Compose:
-    return T.Compose(_resize(cfg) + _to_tensor(cfg))
+def eval_transform(cfg: dict) -> Preprocess:
+    return Preprocess(_resize(cfg), cfg["mean"], cfg["std"])
 
 
-def train_transform(cfg: dict, randaugment: str) -> T.Compose:
+def train_transform(cfg: dict, randaugment: str) -> Preprocess:
     if not randaugment:
         return eval_transform(cfg)
     # fill with black (an int works for both 'L' and 'RGB' PIL images); translation relative
     # to image size, since timm's absolute default (250 px) assumes ImageNet-sized images
     hparams = {"img_mean": 0, "translate_pct": 0.3}
-    return T.Compose(_resize(cfg) + [rand_augment_transform(randaugment, hparams)] + _to_tensor(cfg))
+    return Preprocess(_resize(cfg) + [rand_augment_transform(randaugment, hparams)], cfg["mean"], cfg["std"])

@@ -21,6 +21,10 @@ def main(
     params: ParamsOpt = Path("params.yaml"),
 ):
     p = read_params(params)
+    from noisystudent.runtime import relaunch
+
+    if shard is None:  # one shard asked for: this process alone
+        relaunch(p.pseudo.nproc)  # nproc > 1: this command again, under torchrun
     with user_errors():
         from noisystudent.pipeline import pseudo_label_stage
 

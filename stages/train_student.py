@@ -20,6 +20,9 @@ def main(
     params: ParamsOpt = Path("params.yaml"),
 ):
     p = read_params(params)
+    from noisystudent.runtime import relaunch
+
+    relaunch(p.train.nproc)  # nproc > 1: this command again, under torchrun
     with user_errors():
         if iteration not in p.iterations:
             fail(f"--iteration {iteration!r} is not a key of `iterations` in {params} ({', '.join(p.iterations)})")

@@ -17,6 +17,9 @@ def main(
     params: ParamsOpt = Path("params.yaml"),
 ):
     p = read_params(params)
+    from noisystudent.runtime import relaunch
+
+    relaunch(p.train.nproc)  # nproc > 1: this command again, under torchrun
     with user_errors():
         from noisystudent.pipeline import train_stage
 

@@ -68,7 +68,7 @@ def test_one_loop_learns_teacher_and_student_roles():
     xu, _ = _toy(128, seed=1)
     soft = torch.softmax(teacher.eval()(xu), 1).detach()
     student = Linear()
-    figs = fit(student, TensorDataset(x, onehot), cfg, pseudo=TensorDataset(xu, soft))
+    _, figs = fit(student, TensorDataset(x, onehot), cfg, pseudo=TensorDataset(xu, soft))
     assert figs["loss_pseudo"] > 0
     s_logits, _ = predict_logits(student, torch.utils.data.DataLoader(TensorDataset(x, y), batch_size=32))
     assert (s_logits.argmax(1) == y).float().mean() > 0.9

@@ -11,7 +11,7 @@ def test_randaugment_magnitude_above_10_is_not_clipped():
     assert randaugment_config(2, 9) == "rand-m9-n2-mmax10"
     assert randaugment_config(0, 9) == "" and randaugment_config(2, 0) == ""
     # timm parses mmax and keeps the magnitude unclipped
-    tf = train_transform(data_config("ns_resnet_s", 1, 16, 16), "rand-m27-n2-mmax27").transforms[0]
+    tf = train_transform(data_config("ns_resnet_s", 1, 16, 16), "rand-m27-n2-mmax27").pil.transforms[0]
     assert all(op.magnitude == 27 and op.magnitude_max == 27 for op in tf.ops)
 
 
@@ -37,7 +37,7 @@ def test_data_config_follows_model_and_data():
     # small ResNets: [-1, 1] inputs; array data keeps its own size (no resampling at all)
     cfg = data_config("ns_resnet_s", 1, None, 32)
     assert cfg["input_size"] == [1, 32, 32] and cfg["mean"] == [0.5] and cfg["std"] == [0.5]
-    assert len(eval_transform(cfg).transforms) == 2  # ToTensor, Normalize
+    assert eval_transform(cfg).pil is None  # no PIL op at all: batches go straight from the array
     # a timm ImageNet model on an image folder: its own input size, mean/std, resize + centre crop
     cfg = data_config("resnet18", 3, None, None)
     assert cfg["input_size"] == [3, 224, 224] and cfg["mean"] == pytest.approx([0.485, 0.456, 0.406])
@@ -49,3 +49,23 @@ def test_data_config_follows_model_and_data():
     assert eval_transform(g)(Image.new("L", (90, 70))).shape == (1, 64, 64)
     # an explicit image_size resizes array data too
     assert eval_transform(data_config("ns_resnet_s", 3, 48, 32))(Image.new("RGB", (32, 32))).shape == (3, 48, 48)
+
+
+@pytest.mark.parametrize("mode, chans, size, native", [("L", 1, 16, 16), ("RGB", 3, 16, 16), ("RGB", 3, 24, 16), ("L", 1, 12, 16)])
+def test_batched_preprocessing_equals_torchvision_per_image(mode, chans, size, native):
+    """Preprocess.batch is the arithmetic of ToTensor + Normalize, one batch at a time; the
+    array fast path (no PIL at all) and the PIL path give the same tensors."""
+    from torchvision import transforms as T
+
+    rng = np.random.default_rng(1)
+    shape = (5, native, native) if mode == "L" else (5, native, native, 3)
+    arr = rng.integers(0, 256, shape, dtype=np.uint8)
+    cfg = data_config("ns_resnet_s", chans, size, native)
+    pre = eval_transform(cfg)
+    ref = T.Compose(([] if pre.pil is None else list(pre.pil.transforms)) + [T.ToTensor(), T.Normalize(cfg["mean"], cfg["std"])])
+    imgs = [Image.fromarray(a, mode) for a in arr]
+    expected = torch.stack([ref(im) for im in imgs])
+    assert torch.equal(pre.batch(np.stack([pre.pixels(im) for im in imgs])), expected)
+    assert torch.equal(torch.stack([pre(im) for im in imgs]), expected)
+    if pre.pil is None:
+        assert torch.equal(pre.batch(arr), expected)
