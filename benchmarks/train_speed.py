@@ -12,8 +12,10 @@ interleaved; prints JSON with images/s of each and their ratio (median).
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -24,6 +26,8 @@ import typer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from synthetic import synthetic_prepared  # noqa: E402  (benchmarks/synthetic.py)
 
 
 def bare_loop(model, batch: int, chans: int, size: int, classes: int, steps: int, rt) -> float:
@@ -55,14 +59,14 @@ def _sync(rt) -> None:
         torch.cuda.synchronize()
 
 
-def real_loop(p, data_dir: Path, arch: str, batch: int, ratio: int, steps: int, rt, ema_decay: float) -> float:
+def real_loop(p, data_dir: Path, image_size: int | None, arch: str, batch: int, ratio: int, steps: int, rt, ema_decay: float) -> float:
     from noisystudent import data as D
     from noisystudent.models import create_model
     from noisystudent.train import FitConfig, fit
     from noisystudent.transforms import data_config, randaugment_config, train_transform
 
     d = D.Prepared.load(data_dir)
-    cfg = data_config(arch, d.in_chans, p.data.image_size, d.image_size)
+    cfg = data_config(arch, d.in_chans, image_size, d.image_size)
     tf = train_transform(cfg, randaugment_config(p.noise.randaugment_n, p.noise.randaugment_m))
     lab = d.split("labeled")
     unl = d.split("unlabeled")
@@ -89,6 +93,9 @@ def main(
     ema_decay: Annotated[Optional[float], typer.Option(help="real loop's EMA (default: train.ema_decay)")] = None,
     device: str = "auto",
     data: Annotated[Path, typer.Option(help="prepared data folder (run `dvc repro prepare` first)")] = ROOT / "data/prepared",
+    synthetic: Annotated[int, typer.Option(help="> 0: train on this many random images instead of --data")] = 0,
+    size: Annotated[int, typer.Option(help="--synthetic image side")] = 224,
+    chans: Annotated[int, typer.Option(help="--synthetic channels")] = 3,
     params: Path = ROOT / "params.yaml",
 ):
     import os
@@ -104,20 +111,27 @@ def main(
     ratio = p.student.batch_ratio
     from noisystudent.data import Prepared
 
+    image_size = p.data.image_size
+    if synthetic:
+        data, image_size = Path(tempfile.mkdtemp(prefix="train_speed-")) / "data", None
+        synthetic_prepared(data, synthetic, size, chans)
     d = Prepared.load(data)
-    size = p.data.image_size or d.image_size
+    size = image_size or d.image_size
     rt = runtime(device, precision, channels_last, workers, compile)
     ema = p.train.ema_decay if ema_decay is None else ema_decay
     real, bare = [], []
     for _ in range(repeats):
-        real.append(real_loop(p, data, arch, batch, ratio, steps, rt, ema))
+        real.append(real_loop(p, data, image_size, arch, batch, ratio, steps, rt, ema))
         model = create_model(arch, d.num_classes, d.in_chans, p.noise.dropout, p.noise.drop_path)
         bare.append(bare_loop(model, batch * (1 + ratio), d.in_chans, size, d.num_classes, steps, rt))
         print(json.dumps({"real_images_per_s": round(real[-1], 1), "bare_images_per_s": round(bare[-1], 1)}), flush=True)
     r, b = statistics.median(real), statistics.median(bare)
     print(json.dumps({"arch": arch, "batch": f"{batch} labeled + {batch * ratio} pseudo", "threads": torch.get_num_threads(),
                       **rt.describe(), "ema_decay": ema, "workers": workers, "steps": steps, "repeats": repeats,
+                      "image": [d.in_chans, size, size], "data": "synthetic" if synthetic else str(data),
                       "real_images_per_s": round(r, 1), "bare_images_per_s": round(b, 1), "ratio": round(r / b, 3)}))
+    if synthetic:
+        shutil.rmtree(data.parent, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ class TrainParams(_Section):
     seed: int = 0  # model init and batch order; iteration i trains with seed + i
     num_threads: Annotated[int, Field(ge=0)] = 0  # 0 = torch default
     checkpoint_every: Annotated[int, Field(ge=0)] = 100  # steps between resume checkpoints (models/.resume/); 0 = none
-    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.0  # 0 = off; else val, test and labeling use the EMA weights
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.999  # 0 = off; else val, test and labeling use the EMA weights
     # how it runs (see noisystudent/runtime.py); speed only, except precision and nproc
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees a GPU
     precision: Precision = "fp32"  # mixed: bf16 where the hardware has it, else fp16 + gradient scaler
