@@ -45,9 +45,9 @@ class SyntheticImages:
 
 def run_child(n: int, out: Path, arch: str, batch_size: int, workers: int, rows_per_file: int) -> dict:
     import torch
-    from torch.utils.data import DataLoader
 
     from noisystudent.data import ImageDataset
+    from noisystudent.data import loader as data_loader
     from noisystudent.models import create_model
     from noisystudent.shards import label_shard, open_labels_dir
     from noisystudent.train import stream_soft_labels
@@ -61,8 +61,8 @@ def run_child(n: int, out: Path, arch: str, batch_size: int, workers: int, rows_
     tf = eval_transform(data_config(arch, 3, None, 32))
 
     def predict(chunk):
-        loader = DataLoader(ImageDataset(SyntheticImages(), chunk, None, tf), batch_size=batch_size, num_workers=workers,
-                            persistent_workers=False, prefetch_factor=4 if workers else None)
+        loader = data_loader(ImageDataset(SyntheticImages(), chunk, None, tf), batch_size=batch_size, num_workers=workers,
+                             persistent_workers=False, prefetch_factor=4 if workers else None)
         return stream_soft_labels(model, loader, 1.0)
 
     # warm-up (worker start, first batches, allocator) outside the timing, in its own folder,

@@ -5,8 +5,8 @@ Real: `pipeline.pseudo_label_stage` (the un-noised teacher over the whole pool: 
 loader, the model's own preprocessing, softmax, Parquet parts written atomically) on a
 synthetic prepared pool shaped like the default data (N grayscale 16x16 images, uint8 in
 `images.npy`). Bare: the same model, precision and batch size on random tensors already in
-memory, under inference_mode: the loop's own ceiling. Interleaved `--repeats` times, median;
-prints JSON. On a GPU (picked up automatically) the same script measures CUDA.
+memory, under inference_mode: the loop's own ceiling. One untimed warm-up run of each, then
+`--repeats` interleaved runs, median; prints JSON. On a GPU (picked up automatically) the same script measures CUDA.
 
     python benchmarks/label_speed.py                         # default teacher, pseudo.batch_size
     python benchmarks/label_speed.py --precision bf16 --arch efficientnet_b0 --size 224 --chans 3 --n 20000
@@ -90,6 +90,9 @@ def main(
         synthetic_prepared(work / "data", n, size, chans)
         teacher_checkpoint(work / "teacher.pt", arch, chans, size)
         model = rt.model(create_model(arch, 10, chans))
+        # warm-up outside the timing, as the bare loop's: the first run in a process pays
+        # one-time costs (oneDNN / cuDNN kernel selection per batch shape, page cache)
+        pseudo_label_stage(p, "bench", work / "data", work / "teacher.pt", work / "warmup")
         real, bare = [], []
         for r in range(repeats):
             out = work / f"labels{r}"

@@ -198,7 +198,8 @@ class ArrayImages:
     @property
     def array(self) -> np.ndarray:
         if self._a is None:
-            self._a = np.load(self.path, mmap_mode="r")
+            # a plain ndarray over the map: indexing a np.memmap subclass costs microseconds per image
+            self._a = np.load(self.path, mmap_mode="r").view(np.ndarray)
         return self._a
 
     def __len__(self) -> int:

@@ -58,7 +58,9 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("device cuda asked for, but torch sees no CUDA device")
+            from .io import InputError
+
+            raise InputError(f"train.device: cuda, but torch {torch.__version__} sees no CUDA device (use auto or cpu)")
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device(name)
 

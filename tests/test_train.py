@@ -1,3 +1,4 @@
+import pytest
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
@@ -94,3 +95,60 @@ def test_predict_is_unnoised():
     b, _ = predict_logits(model, loader)
     assert torch.equal(a, b) and not model.training  # dropout off: identical twice
     assert ids.tolist() == list(range(8))
+
+
+def test_sampler_ranks_split_each_global_batch():
+    """DDP: rank r keeps r::world of every global batch; together the ranks draw exactly the
+    single-process batches, keys and augmentation seeds included."""
+    one = list(CycleBatchSampler(n=10, batch_size=4, steps=6, seed=1, stream=0))
+    ranks = [list(CycleBatchSampler(n=10, batch_size=4, steps=6, seed=1, stream=0, rank=r, world=2)) for r in (0, 1)]
+    for step, batch in enumerate(one):
+        assert sorted(ranks[0][step] + ranks[1][step]) == sorted(batch)
+        assert not set(ranks[0][step]) & set(ranks[1][step])
+
+
+def test_ema_weights_predict_and_lag_the_raw_ones():
+    x, y = _toy()
+    ds = TensorDataset(x, torch.nn.functional.one_hot(y, 2).float())
+    model = Linear()
+    predictor, _ = fit(model, ds, FitConfig(steps=30, batch_size=8, lr=0.5, seed=0, ema_decay=0.9))
+    assert predictor is not model and not predictor.training
+    assert not torch.equal(predictor.fc.weight, model.fc.weight)  # an average of past weights
+    plain = Linear()
+    same, _ = fit(plain, ds, FitConfig(steps=30, batch_size=8, lr=0.5, seed=0))
+    assert same is plain  # ema_decay 0: the trained model itself predicts
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "mixed"])
+def test_mixed_precision_loop_learns_on_cpu(precision):
+    """autocast in the one loop (fp16 with a gradient scaler): it still learns the toy task."""
+    from noisystudent.runtime import Runtime, amp_dtype
+
+    rt = Runtime(torch.device("cpu"), amp_dtype(precision, torch.device("cpu")))
+    assert rt.amp in (torch.bfloat16, torch.float16)
+    x, y = _toy()
+    model = Linear()
+    predictor, figs = fit(model, TensorDataset(x, torch.nn.functional.one_hot(y, 2).float()),
+                          FitConfig(steps=150, batch_size=16, lr=0.5, warmup_steps=5, seed=0), rt=rt)
+    logits, _ = predict_logits(predictor, torch.utils.data.DataLoader(TensorDataset(x, y), batch_size=32), rt=rt)
+    assert logits.dtype == torch.float32 and (logits.argmax(1) == y).float().mean() > 0.9
+
+
+def test_channels_last_conv_training_matches_contiguous():
+    """channels-last changes the memory layout, not the maths: same model, same batches,
+    weights equal up to float rounding."""
+    from noisystudent.models import create_model
+    from noisystudent.runtime import Runtime
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 1, 8, 8, generator=g), torch.randint(0, 3, (32,), generator=g)
+    ds = TensorDataset(x, torch.nn.functional.one_hot(y, 3).float())
+    cfg = FitConfig(steps=5, batch_size=8, lr=0.1, seed=0)
+    a = create_model("ns_resnet_xs", 3, 1)
+    b = create_model("ns_resnet_xs", 3, 1)
+    b.load_state_dict(a.state_dict())
+    fit(a, ds, cfg)
+    fit(b, ds, cfg, rt=Runtime(channels_last=True))
+    assert b.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-5)
