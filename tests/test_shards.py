@@ -135,3 +135,18 @@ def test_torchrun_ranks_label_their_own_shards(teacher, tmp_path):
     assert _stage([*common, "--out", str(tmp_path / "one"), "--num-shards", "4"], env).returncode == 0
     a, b = read_labels(tmp_path / "ddp"), read_labels(tmp_path / "one")
     pd.testing.assert_frame_equal(a.sort_values("id", ignore_index=True), b.sort_values("id", ignore_index=True))
+
+
+def test_pseudo_nproc_relaunches_labeling_under_torchrun(teacher, tmp_path):
+    """`pseudo.nproc: 2` in params: the stage command re-runs itself under torchrun, and both
+    ranks label their shards into one complete folder."""
+    raw = yaml.safe_load((teacher / "params.yaml").read_text())
+    raw["pseudo"].update(nproc=2, num_shards=2)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "NS_QUIET": "1"}
+    r = _stage(["--iteration", "s1", "--data", str(teacher / "data"), "--teacher", str(teacher / "teacher.pt"),
+                "--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "labels")], env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "relaunching under torchrun" in r.stdout and "--nproc_per_node=2" in r.stdout
+    counts = [int(n) for n in re.findall(r"wrote (\d+) rows", r.stdout)]
+    assert len(counts) == 2 and all(counts) and sum(counts) == len(read_labels(tmp_path / "labels"))
