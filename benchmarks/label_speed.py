@@ -107,7 +107,10 @@ def main(
     r, b = statistics.median(real), statistics.median(bare)
     print(json.dumps({"arch": arch, "images": n, "image": [chans, size, size], "batch": p.pseudo.batch_size, "workers": p.data.num_workers,
                       "threads": torch.get_num_threads(), **rt.describe(), "repeats": repeats,
-                      "real_images_per_s": round(r, 1), "bare_images_per_s": round(b, 1), "ratio": round(r / b, 3)}))
+                      "real_images_per_s": round(r, 1), "bare_images_per_s": round(b, 1), "ratio": round(r / b, 3),
+                      # each repeat's real / bare, measured back to back: robust to the machine's drift
+                      "pair_ratios": [round(x / y, 3) for x, y in zip(real, bare)],
+                      "median_pair_ratio": round(statistics.median(x / y for x, y in zip(real, bare)), 3)}))
 
 
 if __name__ == "__main__":

@@ -129,7 +129,10 @@ def main(
     print(json.dumps({"arch": arch, "batch": f"{batch} labeled + {batch * ratio} pseudo", "threads": torch.get_num_threads(),
                       **rt.describe(), "ema_decay": ema, "workers": workers, "steps": steps, "repeats": repeats,
                       "image": [d.in_chans, size, size], "data": "synthetic" if synthetic else str(data),
-                      "real_images_per_s": round(r, 1), "bare_images_per_s": round(b, 1), "ratio": round(r / b, 3)}))
+                      "real_images_per_s": round(r, 1), "bare_images_per_s": round(b, 1), "ratio": round(r / b, 3),
+                      # each repeat's real / bare, measured back to back: robust to the machine's drift
+                      "pair_ratios": [round(x / y, 3) for x, y in zip(real, bare)],
+                      "median_pair_ratio": round(statistics.median(x / y for x, y in zip(real, bare)), 3)}))
     if synthetic:
         shutil.rmtree(data.parent, ignore_errors=True)
 

@@ -183,7 +183,6 @@ def fit(
     step, running sums, last figures) is written atomically by rank 0 every
     cfg.checkpoint_every steps; a later call with the same fingerprint continues from it and
     ends exactly as an uninterrupted run would. The caller removes it once its outputs exist."""
-    from timm.utils import ModelEmaV3
     from torch.nn.parallel import DistributedDataParallel
 
     from .io import atomic_save_torch
@@ -193,7 +192,7 @@ def fit(
     rt.model(model)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp == torch.float16)  # fp16 only: bf16 needs none
-    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay > 0 else None
+    ema = _ema(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     sums = torch.zeros(3, device=rt.device)  # labeled loss, pseudo loss, labeled correct: read at log time only
     last: dict = {}
     start = 0
@@ -270,6 +269,26 @@ def fit(
                         "scaler": scaler.state_dict(), "rng": rngs, "sums": sums.cpu(), "last": last,
                     })
     return predictor.eval(), last
+
+
+def _ema(model: nn.Module, decay: float):
+    """timm's ModelEmaV3 (warmed-up decay, buffers averaged too), with the tensor lists it
+    averages gathered once instead of two state_dict() walks per step, which cost more than
+    the averaging itself for small models."""
+    from timm.utils import ModelEmaV3
+
+    class Ema(ModelEmaV3):
+        def apply_update_(self, model: nn.Module, decay: float) -> None:
+            if getattr(self, "_pairs", None) is None:
+                pairs = list(zip(self.module.state_dict().values(), model.state_dict().values()))  # share storage
+                self._pairs = ([e for e, _ in pairs if e.is_floating_point()], [m for e, m in pairs if e.is_floating_point()],
+                               [(e, m) for e, m in pairs if not e.is_floating_point()])
+            ema_f, model_f, others = self._pairs
+            torch._foreach_lerp_(ema_f, model_f, weight=1.0 - decay)
+            for e, m in others:
+                e.copy_(m)
+
+    return Ema(model, decay=decay, use_warmup=True)
 
 
 def _get_rng(device: torch.device) -> dict:

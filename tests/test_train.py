@@ -152,3 +152,25 @@ def test_channels_last_conv_training_matches_contiguous():
     assert b.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.allclose(pa, pb, atol=1e-5)
+
+
+def test_ema_equals_timms_model_ema_step_for_step():
+    """The loop's EMA gathers its tensor lists once; the averages are timm's ModelEmaV3's."""
+    from timm.utils import ModelEmaV3
+
+    from noisystudent.models import create_model
+    from noisystudent.train import _ema
+
+    torch.manual_seed(0)
+    model = create_model("ns_resnet_xs", 10, 1)
+    ref, ours = ModelEmaV3(model, decay=0.99, use_warmup=True), _ema(model, 0.99)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(1, 20):
+        loss = model(torch.randn(8, 1, 8, 8)).pow(2).mean()  # train mode: BN running stats move too
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ref.update(model, step=step)
+        ours.update(model, step=step)
+    a, b = ref.module.state_dict(), ours.module.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a) and not torch.equal(a["fc.weight"], model.fc.weight)

@@ -69,3 +69,23 @@ def test_batched_preprocessing_equals_torchvision_per_image(mode, chans, size, n
     assert torch.equal(torch.stack([pre(im) for im in imgs]), expected)
     if pre.pil is None:
         assert torch.equal(pre.batch(arr), expected)
+
+
+def test_randaugment_draws_timm_ops_uniformly_with_replacement_from_python_random():
+    import random
+    from collections import Counter
+
+    pre = train_transform(data_config("ns_resnet_s", 1, 16, 16), randaugment_config(2, 9))
+    ra = pre.pil.transforms[0]
+    assert ra.num_layers == 2 and len(ra.ops) == 15
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16), dtype=np.uint8), "L")
+    random.seed(7)
+    a = [np.asarray(ra(img)) for _ in range(20)]
+    random.seed(7)  # Python's RNG alone decides: the same seed, the same augmentations
+    b = [np.asarray(ra(img)) for _ in range(20)]
+    assert all(np.array_equal(x, y) for x, y in zip(a, b)) and any(not np.array_equal(a[0], x) for x in a)
+    drawn = Counter()
+    ra.ops = [lambda im, name=op.name: drawn.update([name]) or im for op in ra.ops]  # record each draw
+    for _ in range(3000):
+        ra(img)
+    assert sum(drawn.values()) == 6000 and len(drawn) == 15 and max(drawn.values()) < 1.3 * min(drawn.values())
