@@ -48,17 +48,12 @@ def bare_forward(model, n: int, batch: int, chans: int, size: int, rt) -> float:
     with torch.inference_mode():
         for i in range(steps + 3):
             if i == 3:  # warm-up outside the timing
-                _sync(rt)
+                rt.synchronize()
                 t0 = time.perf_counter()
             with rt.autocast():
                 model(x).float().softmax(1)
-    _sync(rt)
+    rt.synchronize()
     return steps * batch / (time.perf_counter() - t0)
-
-
-def _sync(rt) -> None:
-    if rt.device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def main(
@@ -76,7 +71,7 @@ def main(
     os.environ.setdefault("NS_QUIET", "1")
     from noisystudent.models import create_model
     from noisystudent.params import load_params
-    from noisystudent.pipeline import _inference_runtime, pseudo_label_stage
+    from noisystudent.pipeline import inference_runtime, pseudo_label_stage
 
     p = load_params(params)
     arch = arch or p.teacher.arch
@@ -84,7 +79,7 @@ def main(
     data = p.data.model_copy(update={"num_workers": p.data.num_workers if workers is None else workers})
     train = p.train.model_copy(update={"channels_last": p.train.channels_last if channels_last is None else channels_last})
     p = p.model_copy(update={"pseudo": pseudo, "data": data, "train": train, "mlflow": p.mlflow.model_copy(update={"enabled": False})})
-    rt = _inference_runtime(p, p.pseudo.precision)
+    rt = inference_runtime(p, p.pseudo.precision)
     work = Path(tempfile.mkdtemp(prefix="label_speed-"))
     try:
         synthetic_prepared(work / "data", n, size, chans)

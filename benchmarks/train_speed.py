@@ -42,7 +42,7 @@ def bare_loop(model, batch: int, chans: int, size: int, classes: int, steps: int
     model.train()
     for i in range(steps + 5):
         if i == 5:  # warm-up outside the timing
-            _sync(rt)
+            rt.synchronize()
             t0 = time.perf_counter()
         with rt.autocast():
             loss = -(y * torch.log_softmax(net(x).float(), 1)).sum(1).mean()
@@ -50,13 +50,8 @@ def bare_loop(model, batch: int, chans: int, size: int, classes: int, steps: int
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
-    _sync(rt)
+    rt.synchronize()
     return steps * batch / (time.perf_counter() - t0)
-
-
-def _sync(rt) -> None:
-    if rt.device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def real_loop(p, data_dir: Path, image_size: int | None, arch: str, batch: int, ratio: int, steps: int, rt, ema_decay: float) -> float:

@@ -205,9 +205,13 @@ class ArrayImages:
     def __len__(self) -> int:
         return len(self.array)
 
+    @property
+    def stored_mode(self) -> str:
+        """PIL mode of the stored pixels: [N, H, W] is L, [N, H, W, 3] RGB (prepare writes no other)."""
+        return "L" if self.array.ndim == 3 else "RGB"
+
     def __getitem__(self, i: int) -> Image.Image:
-        a = np.ascontiguousarray(self.array[i])
-        stored = "L" if a.ndim == 2 else "RGB"
+        a, stored = np.ascontiguousarray(self.array[i]), self.stored_mode
         # frombuffer: half of fromarray's cost, which counts at ~40 us per training image
         im = Image.frombuffer(stored, (a.shape[1], a.shape[0]), a.tobytes(), "raw", stored, 0, 1)
         return im if im.mode == self.mode else im.convert(self.mode)
@@ -215,9 +219,7 @@ class ArrayImages:
     def take(self, ids: np.ndarray) -> np.ndarray | None:
         """uint8 pixels of many ids in one read, or None when they are not stored in `mode`
         (e.g. grayscale data fed to an RGB model) and need PIL's conversion."""
-        a = self.array
-        stored = "L" if a.ndim == 3 else "RGB" if a.shape[-1] == 3 else None
-        return np.asarray(a[np.asarray(ids)]) if stored == self.mode else None
+        return np.asarray(self.array[np.asarray(ids)]) if self.stored_mode == self.mode else None
 
 
 class FileImages:

@@ -18,7 +18,7 @@ from .io import atomic_save_torch, atomic_write_csv, atomic_write_json, file_sha
 from .models import create_model, num_params
 from .params import Params
 from .progress import progress
-from .runtime import Runtime, amp_dtype, pick_device, runtime
+from .runtime import Runtime, runtime
 from .tracking import StageRun
 from .train import FitConfig, Resume, fit, predict_logits, stream_soft_labels
 from .transforms import data_config, eval_transform, pixels_to_model_input, randaugment_config, train_transform
@@ -57,23 +57,22 @@ def _load_data(p: Params, data_dir: Path) -> D.Prepared:
     return D.Prepared.load(data_dir, p.data.max_pixels)
 
 
-def _loader(p: Params, data: D.Prepared, ids: np.ndarray, tf, batch_size: int) -> DataLoader:
+def _loader(p: Params, data: D.Prepared, ids: np.ndarray, tf, batch_size: int, rt: Runtime) -> DataLoader:
     """Un-shuffled, id-keyed batches for labeling and evaluation; workers decode."""
-    w = p.data.num_workers
-    return D.loader(D.ImageDataset(data.images, ids, None, tf), batch_size=batch_size, num_workers=w,
-                    persistent_workers=False, pin_memory=torch.cuda.is_available() and p.train.device != "cpu")
+    return D.loader(D.ImageDataset(data.images, ids, None, tf), batch_size=batch_size, num_workers=p.data.num_workers,
+                    persistent_workers=False, pin_memory=rt.pin_memory)
 
 
-def _inference_runtime(p: Params, precision: str = "fp32") -> Runtime:
+def inference_runtime(p: Params, precision: str = "fp32") -> Runtime:
     """Labeling and evaluation: train.device, no process group (ranks label apart)."""
-    dev = pick_device(p.train.device, int(os.environ.get("LOCAL_RANK", "0")))
-    return Runtime(dev, amp_dtype(precision, dev), p.train.channels_last)
+    return runtime(p.train.device, precision, p.train.channels_last, group=False)
 
 
 def _accuracy(p: Params, model: torch.nn.Module, data: D.Prepared, split: str, tf, batch_size: int = 256) -> float:
     frame = data.split(split)
     was = model.training
-    logits, _ = predict_logits(model, _loader(p, data, frame["id"].to_numpy(), tf, batch_size), desc=None)
+    rt = Runtime.of(model)
+    logits, _ = predict_logits(model, _loader(p, data, frame["id"].to_numpy(), tf, batch_size, rt), desc=None, rt=rt)
     acc = float((logits.argmax(1).numpy() == frame["label"].to_numpy()).mean())
     model.train(was)
     return acc
@@ -205,7 +204,7 @@ def pseudo_label_stage(
     num_shards = num_shards or p.pseudo.num_shards
     data = _load_data(p, data_dir)
     model, ckpt = load_model(teacher_ckpt)
-    rt = _inference_runtime(p, p.pseudo.precision)
+    rt = inference_runtime(p, p.pseudo.precision)
     rt.model(model)
     tf = eval_transform(ckpt["data_config"])  # the teacher's own preprocessing, never noised
     ids = data.split("unlabeled")["id"].to_numpy()
@@ -216,7 +215,7 @@ def pseudo_label_stage(
     open_labels_dir(out, fingerprint, leader=shard is not None or int(os.environ.get("RANK", "0")) == 0)
 
     def predict(chunk: np.ndarray):
-        return stream_soft_labels(model, _loader(p, data, chunk, tf, p.pseudo.batch_size), p.pseudo.temperature, rt)
+        return stream_soft_labels(model, _loader(p, data, chunk, tf, p.pseudo.batch_size, rt), p.pseudo.temperature, rt)
 
     written = 0
     with _tracker(p, f"pseudo_label@{iteration}") as run:
@@ -247,12 +246,12 @@ def evaluate_stage(p: Params, model_name: str, data_dir: Path, ckpt_path: Path, 
     _threads(p)
     data = _load_data(p, data_dir)
     model, ckpt = load_model(ckpt_path)
-    rt = _inference_runtime(p)
+    rt = inference_runtime(p)
     rt.model(model)
     test = data.split("test")
     with _tracker(p, f"evaluate@{model_name}") as run:
         tf = eval_transform(ckpt["data_config"])
-        logits, _ = predict_logits(model, _loader(p, data, test["id"].to_numpy(), tf, p.eval.batch_size), desc=f"evaluate@{model_name}", rt=rt)
+        logits, _ = predict_logits(model, _loader(p, data, test["id"].to_numpy(), tf, p.eval.batch_size, rt), desc=f"evaluate@{model_name}", rt=rt)
         labels = test["label"].to_numpy()
         m = classification_metrics(logits.numpy(), labels, data.num_classes, p.eval.ece_bins)
         m = {"model": model_name, "arch": ckpt["arch"], "num_params": num_params(model), **m}

@@ -47,6 +47,21 @@ class Runtime:
         x = x.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
 
+    @property
+    def pin_memory(self) -> bool:
+        return self.device.type == "cuda"
+
+    def synchronize(self) -> None:
+        """Wait for the device (timings); a no-op on the CPU."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> "Runtime":
+        """fp32 on whatever device the model already is."""
+        p = next(model.parameters(), None)
+        return cls(p.device if p is not None else torch.device("cpu"))
+
     def describe(self) -> dict:
         """What may change the numbers (for resume fingerprints and MLflow)."""
         return {"device": self.device.type, "precision": str(self.amp).replace("torch.", "") if self.amp else "fp32",
@@ -80,10 +95,14 @@ def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def runtime(device: str = "auto", precision: str = "fp32", channels_last: bool = False, workers: int = 0,
-            compile: bool = False) -> Runtime:
-    """The runtime for this process; joins torchrun's process group when there is one."""
+            compile: bool = False, group: bool = True) -> Runtime:
+    """The runtime for this process. Under torchrun, `group` joins the process group
+    (training); without it (labeling, evaluation: ranks work apart) the process only takes
+    its local rank's device and stays a world of one."""
     rank, world, local = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
     dev = pick_device(device, local)
+    if not group:
+        return Runtime(dev, amp_dtype(precision, dev), channels_last, workers, compile)
     if world > 1 and not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)

@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
@@ -124,7 +125,7 @@ def _loader(ds: Dataset, batch_size: int, cfg: FitConfig, rt: Runtime, stream: i
     # CPU with in-memory images they compete with the model for the same cores (default 0)
     return loader(ds if isinstance(ds, ImageDataset) else SeededDataset(ds), batch_sampler=sampler, num_workers=rt.workers,
                   persistent_workers=rt.workers > 0, prefetch_factor=4 if rt.workers else None,
-                  pin_memory=rt.device.type == "cuda")
+                  pin_memory=rt.pin_memory)
 
 
 def _fault_kill_at(desc: str, step: int) -> None:
@@ -271,24 +272,26 @@ def fit(
     return predictor.eval(), last
 
 
-def _ema(model: nn.Module, decay: float):
+class _Ema(ModelEmaV3):
     """timm's ModelEmaV3 (warmed-up decay, buffers averaged too), with the tensor lists it
     averages gathered once instead of two state_dict() walks per step, which cost more than
     the averaging itself for small models."""
-    from timm.utils import ModelEmaV3
 
-    class Ema(ModelEmaV3):
-        def apply_update_(self, model: nn.Module, decay: float) -> None:
-            if getattr(self, "_pairs", None) is None:
-                pairs = list(zip(self.module.state_dict().values(), model.state_dict().values()))  # share storage
-                self._pairs = ([e for e, _ in pairs if e.is_floating_point()], [m for e, m in pairs if e.is_floating_point()],
-                               [(e, m) for e, m in pairs if not e.is_floating_point()])
-            ema_f, model_f, others = self._pairs
-            torch._foreach_lerp_(ema_f, model_f, weight=1.0 - decay)
-            for e, m in others:
-                e.copy_(m)
+    _pairs: tuple | None = None
 
-    return Ema(model, decay=decay, use_warmup=True)
+    def apply_update_(self, model: nn.Module, decay: float) -> None:
+        if self._pairs is None:
+            pairs = list(zip(self.module.state_dict().values(), model.state_dict().values()))  # share storage
+            floats = [(e, m) for e, m in pairs if e.is_floating_point()]
+            self._pairs = ([e for e, _ in floats], [m for _, m in floats], [(e, m) for e, m in pairs if not e.is_floating_point()])
+        ema_f, model_f, others = self._pairs
+        torch._foreach_lerp_(ema_f, model_f, weight=1.0 - decay)
+        for e, m in others:
+            e.copy_(m)
+
+
+def _ema(model: nn.Module, decay: float) -> _Ema:
+    return _Ema(model, decay=decay, use_warmup=True)
 
 
 def _get_rng(device: torch.device) -> dict:
@@ -315,7 +318,7 @@ def predict_logits(model: nn.Module, loader: DataLoader, desc: str | None = "pre
     """Un-noised predictions: eval mode (no dropout, no stochastic depth) under inference_mode.
     The loader must use the eval transform. Returns (float32 logits on the CPU, ids or
     labels) in loader order. desc=None: no progress bar (quick checks inside training)."""
-    rt = rt or _runtime_of(model)
+    rt = rt or Runtime.of(model)
     model.eval()
     outs, keys = [], []
     with progress(desc or "", total=len(loader), enabled=desc is not None) as bar:
@@ -333,15 +336,9 @@ def stream_soft_labels(model: nn.Module, loader: DataLoader, temperature: float,
     kept between batches, so a pool of any size streams through in flat memory."""
     from .pseudo import soft_labels
 
-    rt = rt or _runtime_of(model)
+    rt = rt or Runtime.of(model)
     model.eval()
     for x, ids in loader:
         with rt.autocast():
             logits = model(rt.input(x)).float()
         yield ids.numpy(), soft_labels(logits.cpu().numpy(), temperature)
-
-
-def _runtime_of(model: nn.Module) -> Runtime:
-    """fp32 on whatever device the model already is."""
-    p = next(model.parameters(), None)
-    return Runtime(p.device if p is not None else torch.device("cpu"))

@@ -62,12 +62,19 @@ def resize_transform(cfg: dict) -> T.Compose:
     return T.Compose(_resize(cfg))
 
 
+def unit_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W(, C)] -> float [N, C, H, W] in [0, 1], as ToTensor computes it (a fresh
+    contiguous tensor: read-only, memory-mapped input is copied, never aliased)."""
+    x = torch.from_numpy(np.require(pixels, requirements=["C", "W"]))
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    return x.float().contiguous().div_(255)
+
+
 def pixels_to_model_input(images, cfg: dict):
     """uint8 arrays [N, H, W(, C)] already at any size -> (batch in [0, 1] at the model's input
     size, the normalisation to apply on top). Kept apart so FGSM can step in pixel space;
     equal to eval_transform's ToTensor when no resize is needed."""
-    x = torch.from_numpy(np.require(images, requirements="W")).float().div(255)  # copies read-only (memory-mapped) input
-    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    x = unit_tensor(images)
     size = cfg["input_size"][-1]
     if tuple(x.shape[-2:]) != (size, size):
         x = T.Resize((size, size), interpolation=T.InterpolationMode(cfg["interpolation"]), antialias=True)(x)
@@ -94,11 +101,8 @@ class Preprocess:
 
     def batch(self, pixels: np.ndarray) -> torch.Tensor:
         """uint8 [N, H, W(, C)] -> normalised float [N, C, H, W]."""
-        x = torch.from_numpy(np.require(pixels, requirements=["C", "W"]))
-        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
-        x = x.float().contiguous()
-        # in place, in ToTensor's and Normalize's order: the same floats, one allocation
-        return x.div_(255).sub_(torch.tensor(self.mean).view(1, -1, 1, 1)).div_(torch.tensor(self.std).view(1, -1, 1, 1))
+        # in place, in Normalize's order on ToTensor's output: the same floats, one allocation
+        return unit_tensor(pixels).sub_(torch.tensor(self.mean).view(1, -1, 1, 1)).div_(torch.tensor(self.std).view(1, -1, 1, 1))
 
     def __call__(self, img) -> torch.Tensor:
         return self.batch(self.pixels(img)[None])[0]

@@ -39,3 +39,15 @@ def test_relaunch_is_a_no_op_for_one_process_or_inside_torchrun(monkeypatch):
     relaunch(3)
     (exe, cmd), = calls
     assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3"]
+
+
+def test_inference_runtime_under_torchrun_joins_no_group(monkeypatch):
+    """Labeling and evaluation ranks work apart: no process group, a world of one."""
+    from noisystudent.runtime import runtime
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    rt = runtime("cpu", "bf16", group=False)
+    assert (rt.rank, rt.world, rt.amp) == (0, 1, torch.bfloat16) and rt.main
+    assert not torch.distributed.is_initialized()
