@@ -49,3 +49,13 @@ def mlflow_uri(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
+
+
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory):
+    """A tiny-params repository after one real `dvc repro` with MLflow on (root, env, output),
+    shared by the end-to-end and browser tests: the pipeline runs once per session."""
+    from dvcrepo import dvc, make_repo
+
+    root, env = make_repo(tmp_path_factory.mktemp("e2e") / "repo")
+    return root, env, dvc("repro", cwd=root, env=env)

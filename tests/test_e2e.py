@@ -13,66 +13,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, tiny_raw
+from dvcrepo import dvc, make_repo, ran, sh
 
 pytestmark = pytest.mark.slow
 
 FIRST_ITER = {"prepare", "train_teacher", "pseudo_label@s1", "select@s1", "evaluate@teacher", "corrupt", "robustness_teacher"}
 STUDENT_SIDE = {"train_student@s1", "pseudo_label@s2", "select@s2", "train_student@s2", "evaluate@s1", "evaluate@s2",
                 "robustness@s1", "robustness@s2", "summary"}
-
-
-def sh(args, cwd, env, check=True, timeout=600):
-    r = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{args} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    return r.stdout + r.stderr
-
-
-def dvc(*args, cwd, env, **kw):
-    return sh([sys.executable, "-m", "dvc", *args], cwd, env, **kw)
-
-
-def ran(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
-
-
-def merge(base: dict, over: dict) -> dict:
-    """`over` on `base`, nested sections merged key by key (params.yaml keeps every key)."""
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-    return out
-
-
-def make_repo(dst: Path, **overrides) -> tuple[Path, dict]:
-    """A git repo holding what a fresh clone holds, with tiny params (+ overrides by section)."""
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        if f.startswith(("metrics/", "models/", "data/pseudo/")) or f == "dvc.lock" or not (ROOT / f).is_file():
-            continue  # start from a fresh clone's state, without our results
-        (dst / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / f, dst / f)
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for section, values in tiny_raw(mlflow={"enabled": True, "experiment": "e2e"}).items():
-        raw[section] = values if section in ("iterations",) else merge(raw[section], values)
-    for section, values in overrides.items():
-        raw[section] = values if section == "iterations" else merge(raw[section], values)
-    (dst / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # `python` in dvc.yaml = this interpreter
-    env["NS_QUIET"] = "1"
-    for args in (["init", "-q"], ["config", "user.email", "t@example.com"], ["config", "user.name", "t"]):
-        sh(["git", *args], dst, env)
-    sh(["git", "add", "-A"], dst, env)
-    sh(["git", "commit", "-qm", "init"], dst, env)
-    return dst, env
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    return make_repo(tmp_path_factory.mktemp("e2e") / "repo")
 
 
 def mlflow_runs(root: Path):
@@ -87,9 +34,8 @@ def mlflow_runs(root: Path):
     return rows
 
 
-def test_repro_experiment_queue_and_mlflow(repo):
-    root, env = repo
-    out = dvc("repro", cwd=root, env=env)
+def test_repro_experiment_queue_and_mlflow(reproduced):
+    root, env, out = reproduced
     assert ran(out) == FIRST_ITER | STUDENT_SIDE
     summary = json.loads((root / "metrics/summary.json").read_text())
     assert len(summary["student_test_acc"]) == 2
@@ -141,8 +87,8 @@ def test_repro_experiment_queue_and_mlflow(repo):
     assert not (root / "mlruns").exists()
 
 
-def test_bad_param_fails_stage_and_writes_nothing(repo, tmp_path):
-    root, env = repo
+def test_bad_param_fails_stage_and_writes_nothing(reproduced, tmp_path):
+    root, env, _ = reproduced
     bad = tmp_path / "bad"
     shutil.copytree(root, bad, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"))
     raw = yaml.safe_load((bad / "params.yaml").read_text())
