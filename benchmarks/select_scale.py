@@ -65,7 +65,7 @@ def main(
         from noisystudent.shards import select_dataset
 
         t0 = time.perf_counter()
-        stats = select_dataset(folder, work / "selected.parquet", threshold, per_class, classes, seed=0)
+        stats, _ = select_dataset(folder, work / "selected.parquet", threshold, per_class, classes, seed=0)
         print(json.dumps({"seconds": round(time.perf_counter() - t0, 2), "selected": stats["selected"], "unique": stats["unique"]}))
         return
     if not (folder / done_name_last(folder)).exists():

@@ -1,10 +1,22 @@
-"""`python -m noisystudent --help`: commands beside the pipeline stages (which `dvc repro`
-runs from `stages/`)."""
+"""`python -m noisystudent`: every pipeline stage as a command (what `dvc repro` runs, with the
+arguments dvc.yaml gives), and the tools beside them. Run from the repository root."""
+import importlib
+
 import typer
 
 from .cli import app
 
 cli = app(__doc__)
+
+# in the pipeline's order; `dvc dag` draws the graph, dvc.yaml holds each stage's arguments
+STAGES = ["prepare", "train_teacher", "pseudo_label", "select", "train_student", "gallery", "evaluate", "corrupt",
+          "robustness", "summary", "report"]
+for _name in STAGES:
+    try:
+        _mod = importlib.import_module(f"stages.{_name}")
+    except ImportError:  # not at the repository root: only the tools below
+        break
+    cli.command(_name.replace("_", "-"), help=_mod.__doc__, rich_help_panel="Pipeline stages (dvc repro runs them)")(_mod.main)
 
 
 @cli.command("sync-mlflow")
@@ -19,7 +31,7 @@ def sync_mlflow():
 
 @cli.command("stages")
 def stages():
-    """List the pipeline's stages, in order (`dvc dag` draws the graph)."""
+    """List the pipeline's stages as dvc.yaml declares them, in order (`dvc dag` draws the graph)."""
     import yaml
 
     for name in yaml.safe_load(open("dvc.yaml"))["stages"]:

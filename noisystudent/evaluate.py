@@ -1,7 +1,8 @@
-"""Test-set metrics from logits: pure functions."""
+"""Metrics from predictions, and which predictions a figure shows: pure functions."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -50,3 +51,24 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, num_classes: 
         "n": int(len(labels)),
         "per_class_acc": {str(c): (None if np.isnan(a) else float(a)) for c, a in enumerate(per_class)},
     }
+
+
+def gallery_kinds(frame: pd.DataFrame) -> np.ndarray:
+    """Per image predicted by a teacher and its student (`teacher`, `student`, `truth` = -1
+    when unknown): corrected (the student fixes the teacher), regressed (it breaks a right
+    label), disagree (truth unknown, or both wrong), agree."""
+    known = frame["truth"] >= 0
+    t_ok, s_ok = frame["teacher"] == frame["truth"], frame["student"] == frame["truth"]
+    differ = frame["teacher"] != frame["student"]
+    return np.select([known & ~t_ok & s_ok, known & t_ok & ~s_ok, differ], ["corrected", "regressed", "disagree"], "agree")
+
+
+def gallery_rows(frame: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The images the paper's Figure 1 shows (`teacher_conf`, `student_conf` too): first the
+    corrections, then the regressions and other disagreements (shown too: a picture of
+    successes only would flatter the method), each most confident student first; then
+    agreements, least confident teacher first. At most n rows, with their `kind`."""
+    kind = gallery_kinds(frame)
+    out = frame.assign(kind=kind, _g=pd.Categorical(kind, ["corrected", "regressed", "disagree", "agree"], ordered=True),
+                       _k=np.where(kind == "agree", frame["teacher_conf"], -frame["student_conf"]))
+    return out.sort_values(["_g", "_k", "id"], kind="stable").head(n).drop(columns=["_g", "_k"]).reset_index(drop=True)

@@ -104,7 +104,7 @@ def scan(paths: list[Path], max_pixels: int = DEFAULT_MAX_PIXELS, workers: int =
 
     out: list[tuple[str, str]] = [("", "")] * len(paths)
     loader = DataLoader(_Probe(paths, max_pixels), batch_size=64, num_workers=workers, collate_fn=list)
-    with progress(desc or "scan", total=len(paths), enabled=desc is not None) as bar:
+    with progress(desc or "scan", total=len(paths), enabled=desc is not None, unit="file") as bar:
         for batch in loader:
             for i, reason, mode in batch:
                 out[i] = (reason, mode)

@@ -158,6 +158,14 @@ def _robustness():
     return robustness
 
 
+class GalleryParams(_Section):
+    """The paper's Figure 1 per iteration (stages gallery@*): unlabeled images where the student
+    and its teacher disagree, the student's corrections first when the hidden label is known."""
+    pool: PosInt = 2000  # unlabeled images both models predict (a seeded sample: big pools stay cheap)
+    images: Annotated[int, Field(ge=1, le=60)] = 18  # shown in the grid (6 per row)
+    seed: int = 0
+
+
 class EvalParams(_Section):
     # the models to evaluate: dvc.yaml expands `evaluate` over this list (foreach cannot
     # join the teacher to the iterations dict); checked against `iterations` below
@@ -165,6 +173,7 @@ class EvalParams(_Section):
     batch_size: PosInt = 256
     ece_bins: PosInt = 15
     robustness: RobustnessParams = RobustnessParams()
+    gallery: GalleryParams = GalleryParams()
 
 
 class MlflowParams(_Section):

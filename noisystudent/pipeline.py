@@ -13,7 +13,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import data as D
-from .evaluate import classification_metrics
+from . import plots
+from .evaluate import classification_metrics, confusion_matrix
 from .io import atomic_save_torch, atomic_write_csv, atomic_write_json, file_sha256, load_checkpoint
 from .models import create_model, num_params
 from .params import Params
@@ -85,9 +86,11 @@ def _pseudo_targets(selected: pd.DataFrame, num_classes: int, mode: str, smoothi
     return D.one_hot(selected["label"].to_numpy(), num_classes, smoothing)
 
 
-def train_stage(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Path, selected: Path | None = None) -> dict:
+def train_stage(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Path, selected: Path | None = None,
+                history_out: Path | None = None) -> dict:
     """Train the teacher (name == 'teacher', labeled data only) or student `name` (labeled +
-    selected pseudo-labeled data, with the student noise)."""
+    selected pseudo-labeled data, with the student noise). `history_out`: the training curves
+    (CSV per log step, and a PNG beside it)."""
     _threads(p)
     data = _load_data(p, data_dir)
     is_teacher = name == "teacher"
@@ -133,13 +136,13 @@ def train_stage(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Pa
                         "noise": noise.model_dump(), "fit": cfg.__dict__, "runtime": rt.describe(),
                         "n_pseudo": 0 if pseudo_ds is None else len(pseudo_ds)})
 
-        def on_log(step: int, figs: dict, predictor: torch.nn.Module) -> None:
-            figs = {**figs, "val_acc": _accuracy(p, predictor, data, "val", tf_eval)}
-            run.log_metrics(figs, step)
-            print(f"[{stage}] step {step}/{steps} " + " ".join(f"{k}={v:.4f}" for k, v in figs.items()), flush=True)
+        def on_log(step: int, figs: dict, predictor: torch.nn.Module) -> dict:
+            val = {"val_acc": _accuracy(p, predictor, data, "val", tf_eval)}
+            run.log_metrics({**figs, **val}, step)
+            return val
 
         t0 = time.perf_counter()
-        predictor, _ = fit(model, labeled, cfg, pseudo_ds, on_log=on_log, desc=stage, resume=resume, rt=rt)
+        predictor, history = fit(model, labeled, cfg, pseudo_ds, on_log=on_log, desc=stage, resume=resume, rt=rt)
         seconds = time.perf_counter() - t0
         if not rt.main:
             return {}
@@ -154,6 +157,9 @@ def train_stage(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Pa
         atomic_save_torch(out, ckpt)
         # timings go to MLflow only: the DVC metrics stay identical across identical runs
         atomic_write_json(metrics_out, {k: v for k, v in result.items() if k not in ("train_seconds", "images_per_second")})
+        if history_out is not None:  # drawn by the report stage: how a curve looks must not retrain a model
+            atomic_write_csv(history_out, pd.DataFrame(history))
+            run.log_artifact(history_out)
         resume.path.unlink(missing_ok=True)  # outputs complete: nothing left to resume
         run.log_metrics(result)
         run.log_artifact(metrics_out)
@@ -221,24 +227,36 @@ def pseudo_label_stage(
     with _tracker(p, f"pseudo_label@{iteration}") as run:
         run.log_params({"teacher": ckpt["name"], "teacher_arch": ckpt["arch"], "pseudo": p.pseudo.model_dump()})
         mine = _labeling_shards(shard, num_shards)
-        with progress(f"pseudo_label@{iteration}", total=len(ids)) as bar:
+        with progress(f"pseudo_label@{iteration}", total=len(ids), unit="img") as bar:
             for s in mine:
                 written += label_shard(ids, s, num_shards, out, p.pseudo.rows_per_file, predict, on_rows=bar.advance)
         run.log_metrics({"rows_written": written, "num_ids": len(ids)})
     return written
 
 
-def select_stage(p: Params, iteration: str, data_dir: Path, labels: Path, out: Path, metrics_out: Path) -> dict:
+def select_stage(p: Params, iteration: str, data_dir: Path, labels: Path, out: Path, metrics_out: Path,
+                 confidence_out: Path | None = None, classes_out: Path | None = None) -> dict:
+    """Threshold + balancing; `confidence_out` / `classes_out`: the confidence histogram and
+    the per-class counts before and after balancing (CSV for DVC plots, a PNG beside each)."""
     from .shards import select_dataset
 
     data = _load_data(p, data_dir)
     with _tracker(p, f"select@{iteration}") as run:
         run.log_params({"select": p.select.model_dump()})
         truth = pd.read_parquet(data.root / "unlabeled_truth.parquet").set_index("id")["label"]  # where known
-        stats = select_dataset(labels, out, p.select.threshold, p.select.per_class, data.num_classes, p.select.seed, truth=truth)
+        stats, tables = select_dataset(labels, out, p.select.threshold, p.select.per_class, data.num_classes, p.select.seed, truth=truth)
         atomic_write_json(metrics_out, stats)
         run.log_metrics({k: v for k, v in stats.items() if not isinstance(v, dict)})
         run.log_artifact(metrics_out)
+        title = f"{iteration} (teacher {p.iterations[iteration].teacher})"
+        if confidence_out is not None:
+            hist = tables["confidence"]
+            atomic_write_csv(confidence_out, hist)
+            edges = [*hist["bin_left"], hist["bin_right"].iloc[-1]]
+            run.log_artifact(plots.confidence_histogram(hist["images"], edges, p.select.threshold, confidence_out.with_suffix(".png"), title))
+        if classes_out is not None:
+            atomic_write_csv(classes_out, tables["classes"])
+            run.log_artifact(plots.class_counts(tables["classes"], classes_out.with_suffix(".png"), title))
     return stats
 
 
@@ -260,32 +278,50 @@ def evaluate_stage(p: Params, model_name: str, data_dir: Path, ckpt_path: Path, 
         atomic_write_json(metrics_out, m)
         run.log_metrics({f"test_{k}": v for k, v in m.items() if isinstance(v, float)})
         run.log_artifact(metrics_out)
-        run.log_artifact(_confusion_png(preds, data.num_classes, predictions_out.with_suffix(".png"), model_name))
+        cm = confusion_matrix(preds["actual"].to_numpy(), preds["predicted"].to_numpy(), data.num_classes)
+        run.log_artifact(plots.confusion(cm, predictions_out.with_suffix(".png"), model_name))
     return m
 
 
-def _confusion_png(preds: pd.DataFrame, num_classes: int, path: Path, title: str) -> Path:
-    import matplotlib
+def gallery_stage(p: Params, iteration: str, data_dir: Path, teacher_ckpt: Path, student_ckpt: Path, out: Path) -> dict:
+    """The paper's Figure 1 for one iteration: a seeded sample of the unlabeled pool, predicted
+    by the teacher and by its student (each un-noised, with its own preprocessing); the images
+    where they disagree (the student's corrections first, where the hidden label is known) as
+    a PNG grid, and every shown prediction in a CSV beside it."""
+    from .evaluate import gallery_kinds, gallery_rows, softmax
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    g = p.eval.gallery
+    data = _load_data(p, data_dir)
+    pool = data.split("unlabeled")["id"].to_numpy()
+    ids = np.sort(np.random.default_rng(g.seed).permutation(pool)[: g.pool])
+    rt = inference_runtime(p)
+    preds = {}
+    with _tracker(p, f"gallery@{iteration}") as run:
+        for role, ckpt_path in (("teacher", teacher_ckpt), ("student", student_ckpt)):
+            model, ckpt = load_model(ckpt_path)
+            rt.model(model)
+            logits, _ = predict_logits(model, _loader(p, data, ids, eval_transform(ckpt["data_config"]), p.eval.batch_size, rt),
+                                       desc=f"gallery@{iteration} {role}", rt=rt)
+            probs = softmax(logits.numpy())
+            preds[role], preds[f"{role}_conf"] = probs.argmax(1), probs.max(1)
+        truth = pd.read_parquet(data.root / "unlabeled_truth.parquet").set_index("id")["label"]
+        frame = pd.DataFrame({"id": ids, **preds, "truth": truth.reindex(ids).fillna(-1).astype(int).to_numpy()})
+        shown = gallery_rows(frame, g.images)
+        kinds = pd.Series(gallery_kinds(frame)).value_counts()
+        counts = {k: int(kinds.get(k, 0)) for k in ("corrected", "regressed", "disagree")}
+        atomic_write_csv(out.with_suffix(".csv"), shown)
+        images = np.stack([_hwc(data.images[int(i)]) for i in shown["id"]])
+        title = (f"{iteration} vs its teacher {p.iterations[iteration].teacher} on {len(ids)} unlabeled images: "
+                 + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        run.log_metrics({f"gallery_{k}": v for k, v in counts.items()})
+        run.log_artifact(out.with_suffix(".csv"))
+        run.log_artifact(plots.prediction_grid(images, shown, out, title))
+    return counts
 
-    from .evaluate import confusion_matrix
 
-    cm = confusion_matrix(preds["actual"].to_numpy(), preds["predicted"].to_numpy(), num_classes)
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    ax.imshow(cm, cmap="Blues")
-    for (i, j), v in np.ndenumerate(cm):
-        if v:
-            ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
-    ax.set(xlabel="predicted", ylabel="actual", title=f"confusion: {title}", xticks=range(num_classes), yticks=range(num_classes))
-    fig.tight_layout()
-    from .io import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+def _hwc(img) -> np.ndarray:
+    a = np.asarray(img)
+    return a[..., None] if a.ndim == 2 else a
 
 
 def summary_stage(p: Params, eval_dir: Path, out: Path, table_out: Path, png_out: Path, rob_dir: Path | None = None) -> dict:
@@ -297,6 +333,8 @@ def summary_stage(p: Params, eval_dir: Path, out: Path, table_out: Path, png_out
         m = json.loads(f.read_text())
         rows.append({"iteration": i, "model": name, "arch": m["arch"], "test_acc": m["top1"], "test_top5": m["top5"], "test_ece": m["ece"]})
     table = pd.DataFrame(rows)
+    if rob_dir is not None:  # mCE per model, where robustness has scored it
+        table["mce"] = [json.loads(f.read_text())["mce"] if (f := rob_dir / f"{m}.json").exists() else None for m in table["model"]]
     students = table[table["model"] != "teacher"]
     summary = {
         "teacher_test_acc": float(table.loc[0, "test_acc"]),
@@ -323,30 +361,26 @@ def summary_stage(p: Params, eval_dir: Path, out: Path, table_out: Path, png_out
     with _tracker(p, "summary") as run:
         atomic_write_json(out, summary)
         atomic_write_csv(table_out, table)
-        _summary_png(table, png_out)
+        plots.accuracy_per_iteration(table, png_out)
         run.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)})
         for f in (out, table_out, png_out):
             run.log_artifact(f)
     return summary
 
 
-def _summary_png(table: pd.DataFrame, path: Path) -> None:
-    import matplotlib
+def report_stage(p: Params, metrics: Path, out: Path) -> Path:
+    """The run's report page (see report.py), logged to MLflow with its figures. Its title is
+    the DVC experiment's name, so each experiment's page says which it is."""
+    from . import report
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .io import atomic_path
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(table["iteration"], 100 * table["test_acc"], marker="o")
-    ax.set_xticks(table["iteration"], table["model"])
-    ax.set(xlabel="iteration", ylabel="test top-1 (%)", title="Noisy Student: accuracy per iteration")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    title = os.environ.get("DVC_EXP_NAME") or "workspace run"
+    with _tracker(p, "report") as run:
+        page = report.build(p, metrics, out, title)
+        for f in sorted(out.iterdir()):
+            run.log_artifact(f)
+    for f in report.missing_figures(p, metrics):
+        print(f"WARNING: {f} not found: left out of {page}", flush=True)
+    return page
 
 
 # ---- robustness (the paper's ImageNet-C / -P / FGSM measurements; see robustness.py) -----
@@ -371,7 +405,7 @@ def corrupt_stage(p: Params, data_dir: Path, out: Path) -> dict:
     with _tracker(p, "corrupt") as run, atomic_dir(out) as tmp:
         corrupted = np.lib.format.open_memmap(tmp / "corrupted.npy", "w+", np.uint8, (len(rp.corruptions), len(rp.severities), *clean.shape))
         total = len(rp.corruptions) * len(rp.severities) * n + len(rp.perturbations) * n
-        with progress("corrupt", total=total) as bar:
+        with progress("corrupt", total=total, unit="img") as bar:
             for ci, c in enumerate(rp.corruptions):
                 for si, s in enumerate(rp.severities):
                     for k in range(n):
@@ -479,9 +513,9 @@ def robustness_stage(p: Params, model_name: str, rob_dir: Path, ckpt_path: Path,
         rows = [{"corruption": c, "severity": s, "accuracy": 1 - float(err[ci, si])}
                 for ci, c in enumerate(meta["corruptions"]) for si, s in enumerate(meta["severities"])]
         atomic_write_csv(out.with_name(f"{model_name}_corruptions.csv"), pd.DataFrame(rows))
-        atomic_write_csv(out.with_name(f"{model_name}_fgsm.csv"),
-                         pd.DataFrame({"epsilon": [float(e) for e in fgsm_acc], "accuracy": list(fgsm_acc.values())}))
-        png = _robustness_png(rows, fgsm_acc, out.with_suffix(".png"), model_name)
+        fgsm = pd.DataFrame({"epsilon": [float(e) for e in fgsm_acc], "accuracy": list(fgsm_acc.values())})
+        atomic_write_csv(out.with_name(f"{model_name}_fgsm.csv"), fgsm)
+        png = plots.robustness(pd.DataFrame(rows), fgsm, out.with_suffix(".png"), model_name)
         run.log_metrics({k: v for k, v in m.items() if isinstance(v, float)})
         for f in (out, png):
             run.log_artifact(f)
@@ -490,29 +524,3 @@ def robustness_stage(p: Params, model_name: str, rob_dir: Path, ckpt_path: Path,
 
 def _by_name(err: np.ndarray, meta: dict) -> dict:
     return {c: {f"{s}": float(err[ci, si]) for si, s in enumerate(meta["severities"])} for ci, c in enumerate(meta["corruptions"])}
-
-
-def _robustness_png(rows: list[dict], fgsm_acc: dict, path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .io import atomic_path
-
-    t = pd.DataFrame(rows)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.set_prop_cycle(color=plt.cm.tab20.colors)  # 15 corruptions: no colour twice
-    for c, g in t.groupby("corruption", sort=False):
-        a.plot(g["severity"], 100 * g["accuracy"], marker=".", label=c)
-    a.set(xlabel="severity", ylabel="test top-1 (%)", title=f"{title}: corruptions")
-    a.legend(fontsize=6, ncol=2)
-    b.plot([float(e) for e in fgsm_acc], [100 * v for v in fgsm_acc.values()], marker="o")
-    b.set(xlabel="FGSM epsilon (0-255 scale)", ylabel="test top-1 (%)", title=f"{title}: FGSM")
-    for ax in (a, b):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path

@@ -180,13 +180,15 @@ def read_labels(labels_dir: Path, columns: list[str] | None = None):
 
 def select_dataset(
     labels_dir: Path, out: Path, threshold: float, per_class: int, num_classes: int, seed: int,
-    batch_rows: int = 1 << 18, truth: pd.Series | None = None,
-) -> dict:
+    batch_rows: int = 1 << 18, truth: pd.Series | None = None, bins: int = 20,
+) -> tuple[dict, dict[str, pd.DataFrame]]:
     """Threshold + class balancing over all shards, out of core, in two passes (as the
     official filter_unlabel.py): pass 1 reads only id/label/confidence and decides each
     image's number of copies; pass 2 streams the full rows and writes the selected ones with
-    a `copies` column (never repeated rows). Returns counts for the metrics file, plus the
-    pseudo labels' accuracy when hidden labels (`truth`, indexed by id) are given."""
+    a `copies` column (never repeated rows). Returns (counts for the metrics file, plus the
+    pseudo labels' accuracy when hidden labels (`truth`, indexed by id) are given; the tables
+    behind the pictures: `confidence` histogram with `bins` bins over [0, 1], per-`classes`
+    counts before and after the threshold and the balancing)."""
     dataset = pads.dataset(check_complete(labels_dir), format="parquet")
     t = dataset.to_table(columns=["id", "label", "confidence"])
     ids = t["id"].to_numpy()
@@ -223,5 +225,20 @@ def select_dataset(
         stats["pseudo_label_truth_known"] = int(known.sum())
         stats["pseudo_label_acc_all"] = pseudo_label_accuracy(rows, truth)
         stats["pseudo_label_acc_selected"] = pseudo_label_accuracy(rows[copies[known] > 0], truth)
-    return stats
+    return stats, selection_tables(labels, conf, copies, threshold, num_classes, bins)
+
+
+def selection_tables(labels: np.ndarray, conf: np.ndarray, copies: np.ndarray, threshold: float, num_classes: int,
+                     bins: int = 20) -> dict[str, pd.DataFrame]:
+    counts, edges = np.histogram(conf, bins=bins, range=(0.0, 1.0))
+    return {
+        "confidence": pd.DataFrame({"confidence": (edges[:-1] + edges[1:]) / 2, "bin_left": edges[:-1],
+                                    "bin_right": edges[1:], "images": counts}),
+        "classes": pd.DataFrame({
+            "class": np.arange(num_classes),
+            "pseudo_labeled": np.bincount(labels, minlength=num_classes),
+            "above_threshold": np.bincount(labels[conf >= threshold], minlength=num_classes),
+            "selected": np.bincount(labels, weights=copies, minlength=num_classes).astype(np.int64),
+        }),
+    }
 

@@ -166,14 +166,15 @@ def fit(
     labeled: Dataset,
     cfg: FitConfig,
     pseudo: Dataset | None = None,
-    on_log: Callable[[int, dict, nn.Module], None] | None = None,
+    on_log: Callable[[int, dict, nn.Module], dict | None] | None = None,
     desc: str = "train",
     resume: Resume | None = None,
     rt: Runtime | None = None,
 ) -> tuple[nn.Module, dict]:
     """Train `model` in place for cfg.steps steps. Returns (the model to predict with: its EMA
-    copy when cfg.ema_decay > 0, else `model`; the last logged figures). `on_log(step,
-    figures, that model)` runs on rank 0 only.
+    copy when cfg.ema_decay > 0, else `model`; the logged figures, one dict per log step,
+    `step` included: the training curves). `on_log(step, figures, that model)` runs on rank 0
+    only; the figures it returns (e.g. a validation accuracy) join that step's row.
 
     The hot loop never waits for the device: running sums stay on it and are read every
     cfg.log_every steps (the finite-loss check happens then too). Under torchrun each rank
@@ -181,7 +182,7 @@ def fit(
     averaged), so the global batch and the images seen equal a single process's.
 
     With `resume`, a checkpoint (model, EMA, optimizer, scaler, every rank's RNG state,
-    step, running sums, last figures) is written atomically by rank 0 every
+    step, running sums, figures so far) is written atomically by rank 0 every
     cfg.checkpoint_every steps; a later call with the same fingerprint continues from it and
     ends exactly as an uninterrupted run would. The caller removes it once its outputs exist."""
     from torch.nn.parallel import DistributedDataParallel
@@ -195,7 +196,7 @@ def fit(
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp == torch.float16)  # fp16 only: bf16 needs none
     ema = _ema(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     sums = torch.zeros(3, device=rt.device)  # labeled loss, pseudo loss, labeled correct: read at log time only
-    last: dict = {}
+    history: list[dict] = []
     start = 0
     state = _load_resume(resume) if resume is not None else None
     if state is not None:
@@ -204,7 +205,7 @@ def fit(
         scaler.load_state_dict(state["scaler"])
         if ema is not None:
             ema.module.load_state_dict(state["ema"])
-        sums, last, start = state["sums"].to(rt.device), state["last"], int(state["step"])
+        sums, history, start = state["sums"].to(rt.device), state["history"], int(state["step"])
         if rt.main:
             print(f"{resume.path}: resuming at step {start}/{cfg.steps}", flush=True)
     lab_iter = iter(_loader(labeled, cfg.batch_size, cfg, rt, 0, start))
@@ -220,7 +221,10 @@ def fit(
         net = torch.compile(net)
     predictor = ema.module if ema is not None else model
     model.train()
-    with progress(desc, total=cfg.steps, enabled=rt.main) as bar:
+    # an epoch = one pass over the set that sets the budget: the pseudo-labeled one for a student
+    main_set, main_batch = (pseudo, cfg.batch_size * cfg.batch_ratio) if pseudo is not None else (labeled, cfg.batch_size)
+    per_step = cfg.batch_size * (1 + (cfg.batch_ratio if pseudo is not None else 0))
+    with progress(desc, total=cfg.steps, enabled=rt.main, unit="img", per=per_step) as bar:
         bar.advance(start)
         for step in range(start, cfg.steps):
             _fault_kill_at(desc, step)
@@ -255,11 +259,14 @@ def fit(
                 n = (step % cfg.log_every) + 1
                 ll, lu, acc = (sums / n).tolist()
                 sums.zero_()
-                last = {"loss_labeled": ll, "loss_pseudo": lu, "train_acc": acc, "lr": opt.param_groups[0]["lr"]}
+                figs = {"epoch": (step + 1) * main_batch / len(main_set), "loss_labeled": ll, "loss_pseudo": lu,
+                        "train_acc": acc, "lr": opt.param_groups[0]["lr"]}
                 if not math.isfinite(ll + lu):
                     raise FloatingPointError(f"loss became {ll + lu} at step {step + 1}: lower train.lr")
                 if on_log is not None and rt.main:
-                    on_log(step + 1, last, predictor)  # leaves the modes as it found them
+                    figs.update(on_log(step + 1, figs, predictor) or {})  # leaves the modes as it found them
+                history.append({"step": step + 1, **figs})
+                bar.show(epoch=round(figs["epoch"], 1), loss=ll + cfg.batch_ratio * lu, **{k: figs[k] for k in ("val_acc",) if k in figs})
             if resume is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
                 # after on_log: the RNG state saved includes whatever logging consumed
                 rngs = _gather(_get_rng(rt.device), rt)
@@ -267,9 +274,9 @@ def fit(
                     atomic_save_torch(resume.path, {
                         "fingerprint": resume.fingerprint, "step": step + 1, "model": model.state_dict(),
                         "ema": ema.module.state_dict() if ema is not None else None, "optimizer": opt.state_dict(),
-                        "scaler": scaler.state_dict(), "rng": rngs, "sums": sums.cpu(), "last": last,
+                        "scaler": scaler.state_dict(), "rng": rngs, "sums": sums.cpu(), "history": history,
                     })
-    return predictor.eval(), last
+    return predictor.eval(), history
 
 
 class _Ema(ModelEmaV3):
@@ -321,12 +328,12 @@ def predict_logits(model: nn.Module, loader: DataLoader, desc: str | None = "pre
     rt = rt or Runtime.of(model)
     model.eval()
     outs, keys = [], []
-    with progress(desc or "", total=len(loader), enabled=desc is not None) as bar:
+    with progress(desc or "", total=len(loader.dataset), enabled=desc is not None, unit="img") as bar:
         for x, k in loader:
             with rt.autocast():
                 outs.append(model(rt.input(x)).float())
             keys.append(k)
-            bar.advance()
+            bar.advance(len(x))
     return torch.cat(outs).cpu(), torch.cat(keys)
 
 

@@ -1,7 +1,7 @@
 """Stage train_student@<iteration>: a noised student on labeled + selected pseudo-labeled
 images (sections `student`, `noise`, `iterations.<iteration>`), trained from scratch."""
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -17,6 +17,7 @@ def main(
     selected: Annotated[Path, typer.Option(help="selected pseudo labels (Parquet)")],
     out: Annotated[Path, typer.Option(help="checkpoint to write")],
     metrics: Annotated[Path, typer.Option(help="training metrics JSON to write")],
+    history: Annotated[Optional[Path], typer.Option(help="training curves CSV to write (a PNG beside it)")] = None,
     params: ParamsOpt = Path("params.yaml"),
 ):
     p = read_params(params)
@@ -28,7 +29,7 @@ def main(
             fail(f"--iteration {iteration!r} is not a key of `iterations` in {params} ({', '.join(p.iterations)})")
         from noisystudent.pipeline import train_stage
 
-        train_stage(p, iteration, data, out, metrics, selected)
+        train_stage(p, iteration, data, out, metrics, selected, history_out=history)
 
 
 if __name__ == "__main__":

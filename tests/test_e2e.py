@@ -1,12 +1,9 @@
 """The real pipeline through the real tools: dvc repro, dvc exp run (workspace and queued),
 dvc metrics/params diff, and the MLflow run tree they leave. Tiny params; a few minutes."""
 import json
-import os
 import re
 import shutil
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 FIRST_ITER = {"prepare", "train_teacher", "pseudo_label@s1", "select@s1", "evaluate@teacher", "corrupt", "robustness_teacher"}
 STUDENT_SIDE = {"train_student@s1", "pseudo_label@s2", "select@s2", "train_student@s2", "evaluate@s1", "evaluate@s2",
-                "robustness@s1", "robustness@s2", "summary"}
+                "robustness@s1", "robustness@s2", "summary", "gallery@s1", "gallery@s2", "report"}
 
 
 def mlflow_runs(root: Path):
@@ -111,7 +108,7 @@ def test_imagefolder_through_dvc_repro(tmp_path):
                           iterations={"s1": {"teacher": "teacher", "arch": "ns_resnet_xs"}}, eval={"models": ["teacher", "s1"]})
     make_imagefolder(root / "data/raw/mine", train=8, test=4, unlabeled=40)
     out = dvc("repro", cwd=root, env=env)
-    assert ran(out) == FIRST_ITER | {"train_student@s1", "evaluate@s1", "robustness@s1", "summary"}, out
+    assert ran(out) == FIRST_ITER | {"train_student@s1", "evaluate@s1", "robustness@s1", "gallery@s1", "summary", "report"}, out
     prep = json.loads((root / "metrics/prepare.json").read_text())
     assert prep["bad_files"] == len(BAD_KINDS) and prep["n_unlabeled"] == 45 and prep["converted"] == 5
     assert f"{len(BAD_KINDS)} unusable file(s) left out" in out

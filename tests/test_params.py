@@ -75,4 +75,17 @@ def test_package_cli_lists_stages_and_has_help():
         out = CliRunner().invoke(cli, ["stages"]).output.split()
     finally:
         os.chdir(cwd)
-    assert out[:2] == ["prepare", "train_teacher"] and "robustness" in out and out[-1] == "summary"
+    assert out[:2] == ["prepare", "train_teacher"] and "robustness" in out and "gallery" in out and out[-1] == "report"
+
+
+@pytest.mark.parametrize("stage", sorted(f.stem for f in (ROOT / "stages").glob("*.py") if f.stem != "__init__"))
+def test_package_cli_has_every_stage_with_its_defaults(stage):
+    """`python -m noisystudent --help` lists every stage module; each command's help names
+    its options and shows the defaults it has."""
+    from noisystudent.__main__ import STAGES, cli
+
+    assert stage in STAGES
+    listing = CliRunner().invoke(cli, ["--help"], terminal_width=200).output
+    assert stage.replace("_", "-") in listing
+    help_ = CliRunner().invoke(cli, [stage.replace("_", "-"), "--help"], terminal_width=200).output
+    assert "--params" in help_ and "[default: params.yaml]" in help_, help_

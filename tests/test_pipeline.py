@@ -7,26 +7,32 @@ import pytest
 
 from noisystudent.io import load_checkpoint
 from noisystudent.shards import read_labels
-from noisystudent.pipeline import (corrupt_stage, evaluate_stage, prepare_stage, pseudo_label_stage, robustness_stage, select_stage,
-                                   summary_stage, train_stage)
+from noisystudent.pipeline import (corrupt_stage, evaluate_stage, gallery_stage, prepare_stage, pseudo_label_stage, report_stage,
+                                   robustness_stage, select_stage, summary_stage, train_stage)
 
 
 def run_all(p, root):
     data = root / "data"
     prepare_stage(p, data)
-    train_stage(p, "teacher", data, root / "models/teacher.pt", root / "metrics/teacher/train.json")
+    m = root / "metrics"
+    train_stage(p, "teacher", data, root / "models/teacher.pt", m / "teacher/train.json", history_out=m / "teacher/history.csv")
     for name, it in p.iterations.items():
         pseudo_label_stage(p, name, data, root / f"models/{it.teacher}.pt", root / f"pseudo/{name}/labels")
-        select_stage(p, name, data, root / f"pseudo/{name}/labels", root / f"pseudo/{name}/selected.parquet", root / f"metrics/{name}/select.json")
-        train_stage(p, name, data, root / f"models/{name}.pt", root / f"metrics/{name}/train.json", root / f"pseudo/{name}/selected.parquet")
+        select_stage(p, name, data, root / f"pseudo/{name}/labels", root / f"pseudo/{name}/selected.parquet", m / f"{name}/select.json",
+                     m / f"{name}/confidence.csv", m / f"{name}/classes.csv")
+        train_stage(p, name, data, root / f"models/{name}.pt", m / f"{name}/train.json", root / f"pseudo/{name}/selected.parquet",
+                    history_out=m / f"{name}/history.csv")
+        gallery_stage(p, name, data, root / f"models/{it.teacher}.pt", root / f"models/{name}.pt", m / f"{name}/gallery.png")
     corrupt_stage(p, data, root / "robustness")
     rob = root / "metrics/robustness"
     for name in p.eval.models:
         evaluate_stage(p, name, data, root / f"models/{name}.pt", root / f"metrics/eval/{name}.json", root / f"metrics/eval/{name}_predictions.csv")
         robustness_stage(p, name, root / "robustness", root / f"models/{name}.pt", rob / f"{name}.json",
                          None if name == "teacher" else rob / "teacher.json")
-    return summary_stage(p, root / "metrics/eval", root / "metrics/summary.json", root / "metrics/summary.csv",
-                         root / "metrics/summary.png", rob)
+    s = summary_stage(p, root / "metrics/eval", root / "metrics/summary.json", root / "metrics/summary.csv",
+                      root / "metrics/summary.png", rob)
+    report_stage(p, root / "metrics", root / "report")
+    return s
 
 
 def test_tiny_pipeline_outputs_and_determinism(tmp_path, tiny_params):
@@ -57,9 +63,24 @@ def test_tiny_pipeline_outputs_and_determinism(tmp_path, tiny_params):
     ck = load_checkpoint(tmp_path / "a/models/s1.pt")
     assert ck["arch"] == "ns_resnet_xs" and ck["name"] == "s1"
 
-    # same params and seed, same machine: the same summary, byte for byte
+    # the pictures' data: training curves, selection, Figure 1
+    hist = pd.read_csv(tmp_path / "a/metrics/s1/history.csv")
+    assert hist["step"].iloc[-1] == p.student.steps and {"epoch", "loss_labeled", "loss_pseudo", "val_acc"} <= set(hist)
+    assert (hist["loss_pseudo"] > 0).all() and hist["epoch"].is_monotonic_increasing
+    assert pd.read_csv(tmp_path / "a/metrics/s1/confidence.csv")["images"].sum() == sel["pseudo_labeled"]
+    assert pd.read_csv(tmp_path / "a/metrics/s1/classes.csv")["selected"].sum() == sel["selected"]
+    shown = pd.read_csv(tmp_path / "a/metrics/s2/gallery.csv")
+    assert 0 < len(shown) <= p.eval.gallery.images and set(shown["kind"]) <= {"corrected", "regressed", "disagree", "agree"}
+    # the report: every figure there, each linked from the page, nothing listed missing
+    page = (tmp_path / "a/report/report.md").read_text()
+    pngs = sorted(f.name for f in (tmp_path / "a/report").glob("*.png"))
+    assert len(pngs) == 1 + 2 + 2 * 2 + 3 + 3 + 3 and all(f"]({f})" in page for f in pngs), pngs
+    assert "## Not drawn" not in page and "| s2 |" in page
+
+    # same params and seed, same machine: the same summary and report, byte for byte
     run_all(p, tmp_path / "b")
     assert (tmp_path / "a/metrics/summary.json").read_text() == (tmp_path / "b/metrics/summary.json").read_text()
+    assert page == (tmp_path / "b/report/report.md").read_text()
 
 
 def test_pseudo_labels_use_the_unnoised_teacher(tmp_path, tiny_params):

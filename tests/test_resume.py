@@ -84,7 +84,7 @@ def test_resume_checkpoint_is_plain_data_and_names_its_params(work):
     out = "inspect.pt"
     assert train("teacher", work, out, {"NS_FAULT_KILL_AT_STEP": "train_teacher:6"}).returncode == -signal.SIGKILL
     ckpt = torch.load(resume_path(work / out), weights_only=True)  # no pickled code inside
-    assert set(ckpt) == {"fingerprint", "step", "model", "ema", "optimizer", "scaler", "rng", "sums", "last"}
+    assert set(ckpt) == {"fingerprint", "step", "model", "ema", "optimizer", "scaler", "rng", "sums", "history"}
     fp = ckpt["fingerprint"]
     assert fp["arch"] == "ns_resnet_xs" and fp["fit"]["steps"] == 24 and fp["fit"]["lr"] == 0.05
     assert set(fp["inputs"]) == {str(work / "data/meta.json"), str(work / "data/labeled.parquet")}

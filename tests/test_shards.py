@@ -61,7 +61,7 @@ def test_fingerprint_change_clears_the_folder(tmp_path):
 def test_select_out_of_core_equals_in_memory_balance(tmp_path):
     ids = np.random.default_rng(1).permutation(500)
     label_all(ids, tmp_path / "labels", num_shards=3, rows_per_file=50)
-    stats = select_dataset(tmp_path / "labels", tmp_path / "sel.parquet", 0.4, 30, 4, seed=7, batch_rows=64)
+    stats, tables = select_dataset(tmp_path / "labels", tmp_path / "sel.parquet", 0.4, 30, 4, seed=7, batch_rows=64)
     sel = pd.read_parquet(tmp_path / "sel.parquet")
     frame = read_labels(tmp_path / "labels").sort_values("id", ignore_index=True)
     ref = balance(frame[frame["confidence"] >= 0.4].reset_index(drop=True), 30, 4, 0.4, 7)
@@ -69,6 +69,13 @@ def test_select_out_of_core_equals_in_memory_balance(tmp_path):
     assert stats["selected"] == int(sel["copies"].sum()) == 4 * 30
     assert stats["unique"] == len(sel) and stats["kept_after_threshold"] == int((frame["confidence"] >= 0.4).sum())
     assert list(sel.columns) == ["id", "label", "confidence", "probs", "copies"]
+    # the tables behind the pictures: every image in one confidence bin; classes before / after
+    hist, classes = tables["confidence"], tables["classes"]
+    assert hist["images"].sum() == len(frame) and len(hist) == 20
+    assert hist.loc[hist["bin_left"] >= 0.4, "images"].sum() == stats["kept_after_threshold"]  # 0.4 is a bin edge
+    assert classes["pseudo_labeled"].tolist() == np.bincount(frame["label"], minlength=4).tolist()
+    assert classes["above_threshold"].sum() == stats["kept_after_threshold"]
+    assert classes["selected"].tolist() == [stats["per_class"][str(c)] for c in range(4)] == [30] * 4
 
 
 def _stage(args, env):

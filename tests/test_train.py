@@ -69,8 +69,8 @@ def test_one_loop_learns_teacher_and_student_roles():
     xu, _ = _toy(128, seed=1)
     soft = torch.softmax(teacher.eval()(xu), 1).detach()
     student = Linear()
-    _, figs = fit(student, TensorDataset(x, onehot), cfg, pseudo=TensorDataset(xu, soft))
-    assert figs["loss_pseudo"] > 0
+    _, history = fit(student, TensorDataset(x, onehot), cfg, pseudo=TensorDataset(xu, soft))
+    assert history[-1]["loss_pseudo"] > 0 and history[-1]["step"] == cfg.steps
     s_logits, _ = predict_logits(student, torch.utils.data.DataLoader(TensorDataset(x, y), batch_size=32))
     assert (s_logits.argmax(1) == y).float().mean() > 0.9
 
@@ -128,7 +128,7 @@ def test_mixed_precision_loop_learns_on_cpu(precision):
     assert rt.amp in (torch.bfloat16, torch.float16)
     x, y = _toy()
     model = Linear()
-    predictor, figs = fit(model, TensorDataset(x, torch.nn.functional.one_hot(y, 2).float()),
+    predictor, _ = fit(model, TensorDataset(x, torch.nn.functional.one_hot(y, 2).float()),
                           FitConfig(steps=150, batch_size=16, lr=0.5, warmup_steps=5, seed=0), rt=rt)
     logits, _ = predict_logits(predictor, torch.utils.data.DataLoader(TensorDataset(x, y), batch_size=32), rt=rt)
     assert logits.dtype == torch.float32 and (logits.argmax(1) == y).float().mean() > 0.9

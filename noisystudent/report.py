@@ -1,0 +1,138 @@
+"""One Markdown page per pipeline run or DVC experiment, from what the stages wrote under
+`metrics/`: the figures (copied beside the page, so the folder stands alone and renders on
+GitHub), the tables behind them, and the params that made them. Nothing is measured here."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from . import plots
+from .params import Params
+
+
+def _pct(v) -> str:
+    return "" if v is None or pd.isna(v) else f"{100 * v:.1f}"
+
+
+def _num(v, fmt: str = ".1f") -> str:
+    return "" if v is None or pd.isna(v) else format(v, fmt)
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _table(rows: list[dict]) -> str:
+    if not rows:
+        return "_nothing measured_\n"
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def model_rows(p: Params, metrics: Path) -> list[dict]:
+    """Per evaluated model: architecture, test accuracy and calibration, robustness, and the
+    accuracy of the pseudo labels it was trained on (students)."""
+    rows = []
+    for name in p.eval.models:
+        ev = _read(metrics / "eval" / f"{name}.json")
+        if ev is None:
+            raise FileNotFoundError(f"{metrics / 'eval' / f'{name}.json'} is missing: evaluate@{name} has not run")
+        rob = _read(metrics / "robustness" / f"{name}.json") or {}
+        sel = _read(metrics / name / "select.json") or {}
+        rows.append({
+            "model": name, "trained on": "labeled" if name == "teacher" else f"labeled + {p.iterations[name].teacher}'s labels",
+            "arch": ev["arch"], "params": f"{ev['num_params']:,}",
+            "test top-1 %": _pct(ev["top1"]), "top-5 %": _pct(ev["top5"]), "ECE %": _pct(ev["ece"]),
+            "mCE": _num(rob.get("mce")), "mFR": _num(rob.get("mfr")),
+            f"FGSM@{p.eval.robustness.fgsm_epsilon:g} %": _pct(rob.get("fgsm_acc")),
+            "pseudo-label acc (selected) %": _pct(sel.get("pseudo_label_acc_selected")),
+        })
+    return rows
+
+
+def selection_rows(p: Params, metrics: Path) -> list[dict]:
+    rows = []
+    for name, it in p.iterations.items():
+        s = _read(metrics / name / "select.json")
+        if s is None:
+            continue
+        rows.append({"iteration": name, "teacher": it.teacher, "pseudo-labeled": s["pseudo_labeled"],
+                     f"conf >= {p.select.threshold:g}": s["kept_after_threshold"],
+                     "selected (unique)": f"{s['selected']} ({s['unique']})",
+                     "mean confidence": _num(s["mean_confidence"], ".3f"),
+                     "label acc, all %": _pct(s.get("pseudo_label_acc_all")),
+                     "label acc, selected %": _pct(s.get("pseudo_label_acc_selected"))})
+    return rows
+
+
+def figures(p: Params, metrics: Path) -> dict[str, list[tuple[str, Path]]]:
+    """Section -> [(caption, PNG a stage drew, or a training history CSV the report draws)],
+    in reading order; missing files are left out (a pipeline without robustness, say) and
+    listed on the page (`missing_figures`)."""
+    its, models = list(p.iterations), list(p.eval.models)
+    return {
+        "Accuracy per iteration": [("test top-1 (and mCE) per model", metrics / "summary.png")],
+        "Where the student corrects the teacher (the paper's Figure 1)": [
+            (f"{n} vs its teacher {p.iterations[n].teacher}", metrics / n / "gallery.png") for n in its],
+        "Pseudo labels: confidence and class balance": [
+            x for n in its for x in ((f"{n}: confidence of the teacher's labels", metrics / n / "confidence.png"),
+                                     (f"{n}: per class, before and after balancing", metrics / n / "classes.png"))],
+        "Training curves": [(m, metrics / m / "history.csv") for m in ["teacher", *its]],
+        "Confusion matrices (test)": [(m, metrics / "eval" / f"{m}_predictions.png") for m in models],
+        "Robustness (corruptions, FGSM)": [(m, metrics / "robustness" / f"{m}.png") for m in ["teacher", *its]],
+    }
+
+
+def missing_figures(p: Params, metrics: Path) -> list[Path]:
+    return [f for figs in figures(p, metrics).values() for _, f in figs if not f.exists()]
+
+
+def build(p: Params, metrics: Path, out: Path, title: str) -> Path:
+    """Write `out`/report.md and the figures it shows; returns the page. Writes into a fresh
+    folder and swaps it in whole, so a failure leaves the previous report intact."""
+    from .io import atomic_dir
+
+    summary = _read(metrics / "summary.json")
+    if summary is None:
+        raise FileNotFoundError(f"{metrics / 'summary.json'} is missing: run the summary stage first")
+    models, selection = model_rows(p, metrics), selection_rows(p, metrics)
+    chain = " -> ".join(["teacher", *p.iterations])
+    md = [f"# Noisy Student: {title}", "",
+          f"Dataset `{p.data.name}` ({p.data.labeled_per_class if p.data.labeled_per_class is not None else 'all'} labeled per class), "
+          f"chain {chain}; student noise: RandAugment {p.noise.randaugment_n}x{p.noise.randaugment_m}, dropout {p.noise.dropout:g}, "
+          f"stochastic depth {p.noise.drop_path:g}; {p.student.targets} pseudo labels, threshold {p.select.threshold:g}, "
+          f"{p.select.per_class} per class; seed {p.train.seed}.", "",
+          f"**Best student {summary['best_student']}: {_pct(summary['best_student_test_acc'])} % test top-1, teacher "
+          f"{_pct(summary['teacher_test_acc'])} % ({100 * summary['gain_over_teacher']:+.1f} points).**", ""]
+    if "best_student_mce" in summary:
+        md += [f"Robustness, teacher -> best student: mCE {_num(summary['teacher_mce'])} -> {_num(summary['best_student_mce'])}, "
+               f"mFR {_num(summary['teacher_mfr'])} -> {_num(summary['best_student_mfr'])}, FGSM accuracy at "
+               f"{summary['fgsm_epsilon']:g}/255 {_pct(summary['teacher_fgsm_acc'])} -> {_pct(summary['best_student_fgsm_acc'])} % "
+               "(CE and FR relative to the teacher = 100).", ""]
+    md += ["## Models", "", _table(models), "## Pseudo labels per iteration", "", _table(selection)]
+    with atomic_dir(out) as tmp:
+        for section, figs in figures(p, metrics).items():
+            present = [(cap, f) for cap, f in figs if f.exists()]
+            if not present:
+                continue
+            md += [f"## {section}", ""]
+            for cap, f in present:
+                name = "_".join(f.relative_to(metrics).with_suffix("").parts) + ".png"
+                if f.suffix == ".csv":  # a training history: drawn here, so restyling retrains nothing
+                    model = f.parent.name
+                    plots.training_curves(pd.read_csv(f), tmp / name, model,
+                                          "labeled set" if model == "teacher" else "pseudo-labeled set")
+                else:
+                    shutil.copyfile(f, tmp / name)
+                md += [f"**{cap}**", "", f"![{cap}]({name})", ""]
+        missing = missing_figures(p, metrics)
+        if missing:  # said on the page, not skipped in silence
+            md += ["## Not drawn", "", "These figures were not found (their stage has not run or wrote none):", "",
+                   *[f"- `{f}`" for f in missing], ""]
+        (tmp / "report.md").write_text("\n".join(md).rstrip() + "\n")
+    return out / "report.md"

@@ -1,0 +1,185 @@
+"""The MLflow UI on the store of a real pipeline run, in headless Chromium (Playwright driving
+Debian's /usr/bin/chromium): the parent run, its teacher and student child runs, and their
+comparison with the accuracy metrics. `pytest -m browser` runs it alone; it skips without
+Chromium or Playwright, and fails instead when NS_REQUIRE_BROWSER=1 (as CI sets it).
+Screenshots go to tmp_path, and also to $NS_SCREENSHOT_DIR when set (for the docs)."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+EXPERIMENT = "e2e"  # what tests/dvcrepo.py's params name it
+CHROMIUM = os.environ.get("NS_CHROMIUM", "/usr/bin/chromium")
+# without the background-networking flags Chromium stalls on a network with no way out
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FIRST_LOAD_MS = 60_000  # the UI's JS bundle is large and CI has 2 cores
+STEP_MS = 30_000
+WIDTH = 1600
+# the UI's assistant panel opens itself on a first visit and takes a third of the width
+NO_ASSISTANT = ("localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');"
+                "localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');")
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Chromium's path, checked before the (session) pipeline fixture spends minutes."""
+    missing = None
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing = "the playwright Python package is not installed"
+    if missing is None and not Path(CHROMIUM).is_file():
+        missing = f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+    if missing:
+        if os.environ.get("NS_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"NS_REQUIRE_BROWSER=1 but {missing}", pytrace=False)
+        pytest.skip(missing)
+    return CHROMIUM
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def mlflow_server(root: Path, workdir: Path, timeout: float = 120):
+    """`mlflow server` on root's store; yields its URL, and stops it (with its workers) after."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    # no background job runner (seven huey processes the UI does not need here), no telemetry calls
+    env.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true")
+    log = workdir / "mlflow-server.log"
+    with open(log, "w") as out:  # a file, not a pipe: a chatty server must not block on a full pipe
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+             "--default-artifact-root", str(root / "mlartifacts"), "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1"],
+            cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                state = f"exited with {proc.returncode}" if proc.poll() is not None else f"no answer in {timeout}s"
+                pytest.fail(f"mlflow server {state}:\n{log.read_text()[-4000:]}", pytrace=False)
+            time.sleep(0.5)
+        yield url
+    finally:
+        # `mlflow server` runs uvicorn as a child: stop the whole process group
+        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=wait)
+                break
+            except ProcessLookupError:
+                break
+            except subprocess.TimeoutExpired:
+                continue
+
+
+@pytest.fixture
+def mlflow_ui(reproduced, tmp_path):
+    root = reproduced[0]
+    with mlflow_server(root, tmp_path) as url:
+        yield url, f"sqlite:///{root}/mlflow.db"
+
+
+def fit_to_content(page):
+    """The UI scrolls inside its panes, so a full-page screenshot would show one window:
+    make the window as tall as the tallest pane's content."""
+    bottom = page.evaluate("Math.max(...Array.from(document.querySelectorAll('*'),"
+                           " e => e.getBoundingClientRect().top + e.scrollHeight))")
+    page.set_viewport_size({"width": WIDTH, "height": int(min(max(bottom + 40, 1000), 8000))})
+
+
+def screenshot(page, tmp_path: Path, name: str) -> Path:
+    fit_to_content(page)
+    path = tmp_path / name
+    page.screenshot(path=path, full_page=True)
+    data = path.read_bytes()
+    assert len(data) > 1000 and data.startswith(b"\x89PNG\r\n\x1a\n"), f"{name} is not a PNG screenshot"
+    if os.environ.get("NS_SCREENSHOT_DIR"):
+        out = Path(os.environ["NS_SCREENSHOT_DIR"])
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, out / name)
+    return path
+
+
+def test_mlflow_ui_shows_pipeline_runs(chromium, mlflow_ui, tmp_path):
+    from mlflow import MlflowClient
+    from playwright.sync_api import expect, sync_playwright
+
+    url, store = mlflow_ui
+    client = MlflowClient(store)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    assert exp is not None, f"no MLflow experiment {EXPERIMENT!r} in {store}"
+    parents = client.search_runs([exp.experiment_id], "tags.`ns.role` = 'pipeline'",
+                                 order_by=["attributes.start_time ASC"])
+    assert parents, "no pipeline parent run in the store"
+    parent = parents[0]  # the first `dvc repro`: later `dvc exp run`s re-run only the student side
+    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    # the teacher's and students' training and evaluation runs; the evaluations (test_top1) are
+    # compared: a training run logs a dozen metrics, which would push the accuracy out of the shot
+    shown = sorted((r for r in children if r.data.tags.get("ns.model")
+                    and r.info.run_name.startswith(("train_", "evaluate@"))), key=lambda r: r.info.start_time)
+    compared = [r for r in shown if r.info.run_name.startswith("evaluate@")]
+    models = {r.data.tags["ns.model"] for r in compared}
+    assert "teacher" in models and len(models) >= 2, f"need teacher and student evaluation runs, got {models}"
+    trained = {r.data.tags["ns.model"] for r in shown if r.info.run_name.startswith("train_")}
+    assert trained == models, f"training runs for {sorted(trained)}, evaluation runs for {sorted(models)}"
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
+            page.add_init_script(NO_ASSISTANT)
+            page.set_default_timeout(STEP_MS)
+
+            # MLflow 3 opens an experiment in its GenAI (traces) view; runs live in "Model training"
+            page.goto(f"{url}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning")
+            expect(page.locator(f'a[href$="/runs/{parent.info.run_id}"]'),
+                   f"parent run {parent.info.run_name} not shown in the runs table").to_have_text(
+                parent.info.run_name, timeout=FIRST_LOAD_MS)
+            # child runs sit folded under their parent: the button in its run-name cell unfolds them
+            page.locator(f'[row-id="{parent.info.run_id}"] [col-id="attributes.`Run Name`"] button').click()
+            for run in shown:
+                model, name = run.data.tags["ns.model"], run.info.run_name
+                kind = "teacher" if model == "teacher" else f"student {model}"
+                expect(page.locator(f'a[href$="/runs/{run.info.run_id}"]'),
+                       f"{kind} child run {name} not shown under the parent in the runs table").to_have_text(name)
+            for run in compared:
+                # ag-grid renders each row twice (pinned left + scrolling part); the checkbox is on the left
+                page.locator(f'[row-id="{run.info.run_id}"] input.ag-checkbox-input').check()
+            screenshot(page, tmp_path, "mlflow_runs.png")
+
+            page.get_by_role("button", name="Compare", exact=True).click()
+            expect(page.get_by_role("heading", name=f"Comparing {len(compared)} Runs"),
+                   "the run comparison did not open").to_be_visible()
+            run_names = page.locator("tr", has=page.locator("th", has_text="Run Name:"))
+            for run in compared:
+                expect(run_names, f"run {run.info.run_name} missing from the comparison").to_contain_text(
+                    run.info.run_name)
+            expect(page.get_by_role("link", name="test_top1", exact=True),
+                   "accuracy metric test_top1 missing from the comparison").to_be_visible()
+            screenshot(page, tmp_path, "mlflow_compare.png")
+        finally:
+            browser.close()
