@@ -64,11 +64,16 @@ def gallery_kinds(frame: pd.DataFrame) -> np.ndarray:
 
 
 def gallery_rows(frame: pd.DataFrame, n: int) -> pd.DataFrame:
-    """The images the paper's Figure 1 shows (`teacher_conf`, `student_conf` too): first the
-    corrections, then the regressions and other disagreements (shown too: a picture of
-    successes only would flatter the method), each most confident student first; then
-    agreements, least confident teacher first. At most n rows, with their `kind`."""
+    """The images the paper's Figure 1 shows (`teacher_conf`, `student_conf` too): the
+    student's corrections in up to two thirds of the places, then its regressions and other
+    disagreements (a picture of successes only would flatter the method), then more
+    corrections, each most confident student first; then agreements, least confident teacher
+    first. At most n rows, with their `kind`."""
     kind = gallery_kinds(frame)
-    out = frame.assign(kind=kind, _g=pd.Categorical(kind, ["corrected", "regressed", "disagree", "agree"], ordered=True),
-                       _k=np.where(kind == "agree", frame["teacher_conf"], -frame["student_conf"]))
-    return out.sort_values(["_g", "_k", "id"], kind="stable").head(n).drop(columns=["_g", "_k"]).reset_index(drop=True)
+    out = frame.assign(kind=kind, _k=np.where(kind == "agree", frame["teacher_conf"], -frame["student_conf"]))
+    out = out.sort_values(["_k", "id"], kind="stable")
+    corrected = out[out["kind"] == "corrected"]
+    first = corrected.head(n - n // 3)
+    parts = [first, out[out["kind"].isin(["regressed", "disagree"])].sort_values(["kind", "_k", "id"], ascending=[False, True, True]),
+             corrected.iloc[len(first):], out[out["kind"] == "agree"]]
+    return pd.concat(parts).head(n).drop(columns="_k").reset_index(drop=True)

@@ -71,6 +71,13 @@ class TeacherParams(NoiseParams):
     dropout: Prob = 0.5
 
 
+class BaselineParams(_Section):
+    """The supervised baseline (stage train_baseline): the teacher's recipe (its noise and
+    steps, section `teacher`) on the labeled images alone, in the students' architecture: what
+    the students would reach without the unlabeled data, the paper's comparison."""
+    arch: str | None = None  # null = the last iteration's architecture
+
+
 Precision = Literal["fp32", "bf16", "fp16", "mixed"]
 
 
@@ -184,6 +191,7 @@ class MlflowParams(_Section):
 class Params(_Section):
     data: DataParams = DataParams()
     teacher: TeacherParams = TeacherParams()
+    baseline: BaselineParams = BaselineParams()
     student: StudentParams = StudentParams()
     noise: NoiseParams = NoiseParams()
     train: TrainParams = TrainParams()
@@ -200,8 +208,8 @@ class Params(_Section):
             raise ValueError("at least one iteration is needed")
         seen = {"teacher"}
         for name, it in its.items():
-            if name == "teacher":
-                raise ValueError("'teacher' is reserved for the supervised model")
+            if name in ("teacher", "baseline"):
+                raise ValueError(f"{name!r} is reserved for a supervised model")
             if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
                 raise ValueError(f"{name!r}: an iteration name becomes a file name: letters, digits, '_' and '-' only")
             if it.teacher not in seen:
@@ -214,6 +222,8 @@ class Params(_Section):
         from .models import check_arch  # timm import is slow; only validated here
 
         check_arch(self.teacher.arch, "teacher.arch")
+        if self.baseline.arch is not None:
+            check_arch(self.baseline.arch, "baseline.arch")
         for name, it in self.iterations.items():
             check_arch(it.arch, f"iterations.{name}.arch")
         return self
@@ -233,13 +243,18 @@ class Params(_Section):
 
     @model_validator(mode="after")
     def _eval_covers_chain(self) -> "Params":
-        want = ["teacher", *self.iterations]
+        want = ["teacher", *self.iterations, "baseline"]
         if self.eval.models != want:
-            raise ValueError(f"eval.models must list the teacher and every iteration in order: {want} (got {self.eval.models})")
+            raise ValueError(f"eval.models must list the teacher, every iteration in order and the baseline: {want} "
+                             f"(got {self.eval.models})")
         return self
 
     def arch_of(self, model: str) -> str:
-        return self.teacher.arch if model == "teacher" else self.iterations[model].arch
+        if model == "teacher":
+            return self.teacher.arch
+        if model == "baseline":
+            return self.baseline.arch or list(self.iterations.values())[-1].arch
+        return self.iterations[model].arch
 
 
 class ParamsError(ValueError):

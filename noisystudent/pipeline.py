@@ -28,7 +28,7 @@ from .transforms import data_config, eval_transform, pixels_to_model_input, rand
 def _tracker(p: Params, stage: str, enabled: bool = True) -> StageRun:
     # stages about one model (train_student@s1, evaluate@s1, robustness@s1) carry its name as a
     # tag, so MLflow can group a model's training, test and robustness runs
-    model = "teacher" if stage in ("train_teacher", "robustness_teacher") or stage.endswith("@teacher") else stage.partition("@")[2]
+    model = {"train_teacher": "teacher", "robustness_teacher": "teacher", "train_baseline": "baseline"}.get(stage, stage.partition("@")[2])
     return StageRun(stage, p.mlflow.experiment, p.model_dump(), enabled=p.mlflow.enabled and enabled, tags={"ns.model": model} if model else None)
 
 
@@ -88,16 +88,17 @@ def _pseudo_targets(selected: pd.DataFrame, num_classes: int, mode: str, smoothi
 
 def train_stage(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Path, selected: Path | None = None,
                 history_out: Path | None = None) -> dict:
-    """Train the teacher (name == 'teacher', labeled data only) or student `name` (labeled +
-    selected pseudo-labeled data, with the student noise). `history_out`: the training curves
+    """Train the teacher (name 'teacher') or the supervised baseline ('baseline': the teacher's
+    recipe in the baseline's architecture), on the labeled data only, or student `name`
+    (labeled + selected pseudo-labeled data, with the student noise). `history_out`: the training curves
     (CSV per log step, and a PNG beside it)."""
     _threads(p)
     data = _load_data(p, data_dir)
-    is_teacher = name == "teacher"
-    noise = p.teacher if is_teacher else p.noise
+    supervised = name in ("teacher", "baseline")
+    noise = p.teacher if supervised else p.noise
     arch = p.arch_of(name)
-    steps = p.teacher.steps if is_teacher else p.student.steps
-    seed = p.train.seed + (0 if is_teacher else list(p.iterations).index(name) + 1)
+    steps = p.teacher.steps if supervised else p.student.steps
+    seed = p.train.seed + (0 if supervised else list(p.iterations).index(name) + 1)  # baseline: the teacher's draws
     dcfg = data_config(arch, data.in_chans, p.data.image_size, data.image_size)
     tf = train_transform(dcfg, randaugment_config(noise.randaugment_n, noise.randaugment_m))
     tf_eval = eval_transform(dcfg)
@@ -105,7 +106,7 @@ def train_stage(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Pa
     lab = data.split("labeled")
     labeled = D.ImageDataset(data.images, lab["id"].to_numpy(), D.one_hot(lab["label"].to_numpy(), data.num_classes, p.train.label_smoothing), tf)
     pseudo_ds = None
-    if not is_teacher:
+    if not supervised:
         if selected is None:
             raise ValueError(f"student {name} needs --selected (the pseudo-labeled set)")
         sel = pd.read_parquet(selected)
@@ -122,17 +123,17 @@ def train_stage(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Pa
     cfg = FitConfig(
         steps=steps, batch_size=p.train.batch_size, lr=p.train.lr, momentum=p.train.momentum,
         weight_decay=p.train.weight_decay, warmup_steps=p.train.warmup_steps,
-        batch_ratio=1 if is_teacher else p.student.batch_ratio, seed=seed, checkpoint_every=p.train.checkpoint_every,
+        batch_ratio=1 if supervised else p.student.batch_ratio, seed=seed, checkpoint_every=p.train.checkpoint_every,
         ema_decay=p.train.ema_decay,
     )
     t = p.train
     rt = runtime(t.device, t.precision, t.channels_last, t.workers, t.compile)  # joins torchrun's group, if any
     resume = Resume(resume_path(out), _resume_fingerprint(name, arch, noise.model_dump(), cfg, dcfg, rt,
                                                           [data.root / "meta.json", data.root / "labeled.parquet", selected]))
-    stage = "train_teacher" if is_teacher else f"train_student@{name}"
+    stage = f"train_{name}" if supervised else f"train_student@{name}"
     # rank 0 alone writes the checkpoint, the metrics and the MLflow records
     with _tracker(p, stage, enabled=rt.main) as run:
-        run.log_params({"arch": arch, "role": "teacher" if is_teacher else "student", "num_params": num_params(model),
+        run.log_params({"arch": arch, "role": name if supervised else "student", "num_params": num_params(model),
                         "noise": noise.model_dump(), "fit": cfg.__dict__, "runtime": rt.describe(),
                         "n_pseudo": 0 if pseudo_ds is None else len(pseudo_ds)})
 
@@ -248,7 +249,7 @@ def select_stage(p: Params, iteration: str, data_dir: Path, labels: Path, out: P
         atomic_write_json(metrics_out, stats)
         run.log_metrics({k: v for k, v in stats.items() if not isinstance(v, dict)})
         run.log_artifact(metrics_out)
-        title = f"{iteration} (teacher {p.iterations[iteration].teacher})"
+        title = f"{iteration}, labels by {p.iterations[iteration].teacher}"
         if confidence_out is not None:
             hist = tables["confidence"]
             atomic_write_csv(confidence_out, hist)
@@ -311,8 +312,8 @@ def gallery_stage(p: Params, iteration: str, data_dir: Path, teacher_ckpt: Path,
         counts = {k: int(kinds.get(k, 0)) for k in ("corrected", "regressed", "disagree")}
         atomic_write_csv(out.with_suffix(".csv"), shown)
         images = np.stack([_hwc(data.images[int(i)]) for i in shown["id"]])
-        title = (f"{iteration} vs its teacher {p.iterations[iteration].teacher} on {len(ids)} unlabeled images: "
-                 + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        title = (f"T = teacher ({p.iterations[iteration].teacher}), S = student ({iteration}) on {len(ids)} unlabeled images: "
+                 + ", ".join(f"{k} {v}" for k, v in counts.items()) + "\ngreen = right, red = wrong (hidden label); corrections first")
         run.log_metrics({f"gallery_{k}": v for k, v in counts.items()})
         run.log_artifact(out.with_suffix(".csv"))
         run.log_artifact(plots.prediction_grid(images, shown, out, title))
@@ -331,17 +332,22 @@ def summary_stage(p: Params, eval_dir: Path, out: Path, table_out: Path, png_out
         if not f.exists():
             raise FileNotFoundError(f"{f} is missing: evaluate@{name} has not run")
         m = json.loads(f.read_text())
-        rows.append({"iteration": i, "model": name, "arch": m["arch"], "test_acc": m["top1"], "test_top5": m["top5"], "test_ece": m["ece"]})
-    table = pd.DataFrame(rows)
+        rows.append({"iteration": None if name == "baseline" else i, "model": name, "arch": m["arch"], "test_acc": m["top1"], "test_top5": m["top5"], "test_ece": m["ece"]})
+    table = pd.DataFrame(rows).astype({"iteration": "Int64"})  # the baseline is no iteration: left empty
     if rob_dir is not None:  # mCE per model, where robustness has scored it
         table["mce"] = [json.loads(f.read_text())["mce"] if (f := rob_dir / f"{m}.json").exists() else None for m in table["model"]]
-    students = table[table["model"] != "teacher"]
+    students = table[table["model"].isin(list(p.iterations))]
+    acc = table.set_index("model")["test_acc"]
+    best = float(students["test_acc"].max())
     summary = {
-        "teacher_test_acc": float(table.loc[0, "test_acc"]),
+        "teacher_test_acc": float(acc["teacher"]),
         "student_test_acc": [float(a) for a in students["test_acc"]],
-        "best_student_test_acc": float(students["test_acc"].max()),
+        "best_student_test_acc": best,
         "best_student": str(students.loc[students["test_acc"].idxmax(), "model"]),
-        "gain_over_teacher": round(float(students["test_acc"].max() - table.loc[0, "test_acc"]), 6),
+        "gain_over_teacher": round(best - float(acc["teacher"]), 6),
+        # the paper's comparison: the same architecture, trained without the unlabeled images
+        "baseline_test_acc": float(acc["baseline"]),
+        "gain_over_baseline": round(best - float(acc["baseline"]), 6),
     }
     if rob_dir is not None:  # teacher vs best student (by test accuracy), as the paper compares them
         rob = {}
@@ -361,7 +367,8 @@ def summary_stage(p: Params, eval_dir: Path, out: Path, table_out: Path, png_out
     with _tracker(p, "summary") as run:
         atomic_write_json(out, summary)
         atomic_write_csv(table_out, table)
-        plots.accuracy_per_iteration(table, png_out)
+        chain = table[table["model"] != "baseline"]
+        plots.accuracy_per_iteration(chain, png_out, baseline=(f"supervised baseline ({p.arch_of('baseline')})", summary["baseline_test_acc"]))
         run.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)})
         for f in (out, table_out, png_out):
             run.log_artifact(f)

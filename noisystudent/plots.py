@@ -32,10 +32,10 @@ def _plt():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, rect: tuple = (0, 0, 1, 1)) -> Path:
     from .io import atomic_path
 
-    fig.tight_layout()
+    fig.tight_layout(rect=rect)
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)
     _plt().close(fig)
@@ -54,7 +54,9 @@ def accuracy_per_iteration(table: pd.DataFrame, path: Path, baseline: tuple[str,
     if baseline is not None:
         ax.axhline(100 * baseline[1], color="gray", linestyle="--", label=f"{baseline[0]} {100 * baseline[1]:.1f}")
     ax.set_xticks(x, table["model"])
-    ax.set(xlabel="iteration (teacher, then each student)", ylabel="test top-1 (%)", title="Noisy Student: accuracy per iteration")
+    ax.set(ylabel="test top-1 (%)", title="Noisy Student: accuracy per iteration (teacher, then each student)")
+    ax.title.set_fontsize(10)
+    ax.margins(y=0.12)  # room for the value labels
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     if "mce" in table and table["mce"].notna().any():
@@ -63,8 +65,9 @@ def accuracy_per_iteration(table: pd.DataFrame, path: Path, baseline: tuple[str,
         ax2.set_ylabel("mCE (lower is better)")
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
-    ax.legend(handles, labels, fontsize=8, loc="lower right")
-    return _save(fig, path)
+    # below the axes: lines rising and falling across the whole width leave no free corner
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(labels), frameon=False)
+    return _save(fig, path, rect=(0, 0.06, 1, 1))
 
 
 def confusion(cm: np.ndarray, path: Path, title: str) -> Path:
@@ -90,8 +93,8 @@ def confidence_histogram(counts: Sequence[int], edges: Sequence[float], threshol
     ax.axvline(threshold, color="tab:red", linestyle="--", label=f"threshold {threshold:g}")
     kept = int(np.sum(np.asarray(counts)[edges[:-1] >= threshold]))
     ax.set(xlabel="confidence (max soft-label probability)", ylabel="images", xlim=(edges[0], edges[-1]),
-           title=f"{title}: pseudo-label confidence ({kept} of {int(np.sum(counts))} at or above the threshold)")
-    ax.title.set_fontsize(9)
+           title=f"{title}: pseudo-label confidence\n{kept} of {int(np.sum(counts))} at or above the threshold")
+    ax.title.set_fontsize(10)
     ax.legend(fontsize=8)
     return _save(fig, path)
 

@@ -34,6 +34,14 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _trained_on(p: Params, name: str) -> str:
+    if name == "teacher":
+        return "labeled"
+    if name == "baseline":
+        return "labeled (supervised baseline: the teacher's recipe)"
+    return f"labeled + {p.iterations[name].teacher}'s labels"
+
+
 def model_rows(p: Params, metrics: Path) -> list[dict]:
     """Per evaluated model: architecture, test accuracy and calibration, robustness, and the
     accuracy of the pseudo labels it was trained on (students)."""
@@ -45,7 +53,7 @@ def model_rows(p: Params, metrics: Path) -> list[dict]:
         rob = _read(metrics / "robustness" / f"{name}.json") or {}
         sel = _read(metrics / name / "select.json") or {}
         rows.append({
-            "model": name, "trained on": "labeled" if name == "teacher" else f"labeled + {p.iterations[name].teacher}'s labels",
+            "model": name, "trained on": _trained_on(p, name),
             "arch": ev["arch"], "params": f"{ev['num_params']:,}",
             "test top-1 %": _pct(ev["top1"]), "top-5 %": _pct(ev["top5"]), "ECE %": _pct(ev["ece"]),
             "mCE": _num(rob.get("mce")), "mFR": _num(rob.get("mfr")),
@@ -78,11 +86,11 @@ def figures(p: Params, metrics: Path) -> dict[str, list[tuple[str, Path]]]:
     return {
         "Accuracy per iteration": [("test top-1 (and mCE) per model", metrics / "summary.png")],
         "Where the student corrects the teacher (the paper's Figure 1)": [
-            (f"{n} vs its teacher {p.iterations[n].teacher}", metrics / n / "gallery.png") for n in its],
+            (f"student {n} vs its teacher {p.iterations[n].teacher}", metrics / n / "gallery.png") for n in its],
         "Pseudo labels: confidence and class balance": [
-            x for n in its for x in ((f"{n}: confidence of the teacher's labels", metrics / n / "confidence.png"),
+            x for n in its for x in ((f"{n}: confidence of {p.iterations[n].teacher}'s labels", metrics / n / "confidence.png"),
                                      (f"{n}: per class, before and after balancing", metrics / n / "classes.png"))],
-        "Training curves": [(m, metrics / m / "history.csv") for m in ["teacher", *its]],
+        "Training curves": [(m, metrics / m / "history.csv") for m in models],
         "Confusion matrices (test)": [(m, metrics / "eval" / f"{m}_predictions.png") for m in models],
         "Robustness (corruptions, FGSM)": [(m, metrics / "robustness" / f"{m}.png") for m in ["teacher", *its]],
     }
@@ -108,7 +116,9 @@ def build(p: Params, metrics: Path, out: Path, title: str) -> Path:
           f"stochastic depth {p.noise.drop_path:g}; {p.student.targets} pseudo labels, threshold {p.select.threshold:g}, "
           f"{p.select.per_class} per class; seed {p.train.seed}.", "",
           f"**Best student {summary['best_student']}: {_pct(summary['best_student_test_acc'])} % test top-1, teacher "
-          f"{_pct(summary['teacher_test_acc'])} % ({100 * summary['gain_over_teacher']:+.1f} points).**", ""]
+          f"{_pct(summary['teacher_test_acc'])} % ({100 * summary['gain_over_teacher']:+.1f} points), supervised baseline "
+          f"({p.arch_of('baseline')}, labeled images only) {_pct(summary['baseline_test_acc'])} % "
+          f"({100 * summary['gain_over_baseline']:+.1f} points).**", ""]
     if "best_student_mce" in summary:
         md += [f"Robustness, teacher -> best student: mCE {_num(summary['teacher_mce'])} -> {_num(summary['best_student_mce'])}, "
                f"mFR {_num(summary['teacher_mfr'])} -> {_num(summary['best_student_mfr'])}, FGSM accuracy at "
@@ -126,7 +136,7 @@ def build(p: Params, metrics: Path, out: Path, title: str) -> Path:
                 if f.suffix == ".csv":  # a training history: drawn here, so restyling retrains nothing
                     model = f.parent.name
                     plots.training_curves(pd.read_csv(f), tmp / name, model,
-                                          "labeled set" if model == "teacher" else "pseudo-labeled set")
+                                          "labeled set" if model in ("teacher", "baseline") else "pseudo-labeled set")
                 else:
                     shutil.copyfile(f, tmp / name)
                 md += [f"**{cap}**", "", f"![{cap}]({name})", ""]

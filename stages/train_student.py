@@ -17,7 +17,7 @@ def main(
     selected: Annotated[Path, typer.Option(help="selected pseudo labels (Parquet)")],
     out: Annotated[Path, typer.Option(help="checkpoint to write")],
     metrics: Annotated[Path, typer.Option(help="training metrics JSON to write")],
-    history: Annotated[Optional[Path], typer.Option(help="training curves CSV to write (a PNG beside it)")] = None,
+    history: Annotated[Optional[Path], typer.Option(help="training history CSV to write (figures per log step; the report draws it)")] = None,
     params: ParamsOpt = Path("params.yaml"),
 ):
     p = read_params(params)

@@ -14,7 +14,8 @@ from dvcrepo import dvc, make_repo, ran, sh
 
 pytestmark = pytest.mark.slow
 
-FIRST_ITER = {"prepare", "train_teacher", "pseudo_label@s1", "select@s1", "evaluate@teacher", "corrupt", "robustness_teacher"}
+FIRST_ITER = {"prepare", "train_teacher", "pseudo_label@s1", "select@s1", "evaluate@teacher", "corrupt", "robustness_teacher",
+              "train_baseline", "evaluate@baseline"}
 STUDENT_SIDE = {"train_student@s1", "pseudo_label@s2", "select@s2", "train_student@s2", "evaluate@s1", "evaluate@s2",
                 "robustness@s1", "robustness@s2", "summary", "gallery@s1", "gallery@s2", "report"}
 
@@ -105,7 +106,7 @@ def test_imagefolder_through_dvc_repro(tmp_path):
     root, env = make_repo(tmp_path / "repo", data={"name": "imagefolder", "root": "data/raw/mine", "image_size": 12,
                                                     "labeled_per_class": None, "val_per_class": 2, "test_per_class": None,
                                                     "num_workers": 2},
-                          iterations={"s1": {"teacher": "teacher", "arch": "ns_resnet_xs"}}, eval={"models": ["teacher", "s1"]})
+                          iterations={"s1": {"teacher": "teacher", "arch": "ns_resnet_xs"}}, eval={"models": ["teacher", "s1", "baseline"]})
     make_imagefolder(root / "data/raw/mine", train=8, test=4, unlabeled=40)
     out = dvc("repro", cwd=root, env=env)
     assert ran(out) == FIRST_ITER | {"train_student@s1", "evaluate@s1", "robustness@s1", "gallery@s1", "summary", "report"}, out

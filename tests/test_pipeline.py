@@ -15,7 +15,8 @@ def run_all(p, root):
     data = root / "data"
     prepare_stage(p, data)
     m = root / "metrics"
-    train_stage(p, "teacher", data, root / "models/teacher.pt", m / "teacher/train.json", history_out=m / "teacher/history.csv")
+    for name in ("teacher", "baseline"):
+        train_stage(p, name, data, root / f"models/{name}.pt", m / f"{name}/train.json", history_out=m / f"{name}/history.csv")
     for name, it in p.iterations.items():
         pseudo_label_stage(p, name, data, root / f"models/{it.teacher}.pt", root / f"pseudo/{name}/labels")
         select_stage(p, name, data, root / f"pseudo/{name}/labels", root / f"pseudo/{name}/selected.parquet", m / f"{name}/select.json",
@@ -27,6 +28,8 @@ def run_all(p, root):
     rob = root / "metrics/robustness"
     for name in p.eval.models:
         evaluate_stage(p, name, data, root / f"models/{name}.pt", root / f"metrics/eval/{name}.json", root / f"metrics/eval/{name}_predictions.csv")
+        if name == "baseline":
+            continue  # as in dvc.yaml: robustness compares the chain's models
         robustness_stage(p, name, root / "robustness", root / f"models/{name}.pt", rob / f"{name}.json",
                          None if name == "teacher" else rob / "teacher.json")
     s = summary_stage(p, root / "metrics/eval", root / "metrics/summary.json", root / "metrics/summary.csv",
@@ -74,8 +77,12 @@ def test_tiny_pipeline_outputs_and_determinism(tmp_path, tiny_params):
     # the report: every figure there, each linked from the page, nothing listed missing
     page = (tmp_path / "a/report/report.md").read_text()
     pngs = sorted(f.name for f in (tmp_path / "a/report").glob("*.png"))
-    assert len(pngs) == 1 + 2 + 2 * 2 + 3 + 3 + 3 and all(f"]({f})" in page for f in pngs), pngs
-    assert "## Not drawn" not in page and "| s2 |" in page
+    # accuracy; 2 galleries; 2 x (confidence, classes); curves and confusion for teacher, s1, s2,
+    # baseline; robustness for teacher, s1, s2
+    assert len(pngs) == 1 + 2 + 2 * 2 + 4 + 4 + 3 and all(f"]({f})" in page for f in pngs), pngs
+    assert "## Not drawn" not in page and "| s2 |" in page and "| baseline |" in page
+    assert s["gain_over_baseline"] == pytest.approx(s["best_student_test_acc"] - s["baseline_test_acc"])
+    assert load_checkpoint(tmp_path / "a/models/baseline.pt")["arch"] == p.arch_of("s2")  # the last student's
 
     # same params and seed, same machine: the same summary and report, byte for byte
     run_all(p, tmp_path / "b")

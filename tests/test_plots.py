@@ -78,4 +78,8 @@ def test_gallery_shows_corrections_first_then_regressions_then_agreements():
     assert gallery_kinds(f).tolist() == ["corrected", "agree", "corrected", "agree", "regressed", "disagree", "agree"]
     rows = gallery_rows(f, 6)
     assert rows["id"].tolist() == [2, 0, 4, 5, 1, 6]  # most confident student first; agreements least confident teacher first
+    # corrections take two thirds of the places at most, so regressions are shown too
+    assert gallery_rows(f, 3)["kind"].tolist() == ["corrected", "corrected", "regressed"]
     assert gallery_rows(f, 2)["kind"].tolist() == ["corrected", "corrected"]
+    many = pd.concat([f.iloc[[0]].assign(id=i) for i in range(10, 20)] + [f], ignore_index=True)  # 12 corrections
+    assert gallery_rows(many, 6)["kind"].tolist() == ["corrected"] * 4 + ["regressed", "disagree"]
