@@ -312,8 +312,9 @@ def gallery_stage(p: Params, iteration: str, data_dir: Path, teacher_ckpt: Path,
         counts = {k: int(kinds.get(k, 0)) for k in ("corrected", "regressed", "disagree")}
         atomic_write_csv(out.with_suffix(".csv"), shown)
         images = np.stack([_hwc(data.images[int(i)]) for i in shown["id"]])
-        title = (f"T = teacher ({p.iterations[iteration].teacher}), S = student ({iteration}) on {len(ids)} unlabeled images: "
-                 + ", ".join(f"{k} {v}" for k, v in counts.items()) + "\ngreen = right, red = wrong (hidden label); corrections first")
+        title = (f"T: {p.iterations[iteration].teacher}'s label, S: {iteration}'s, on {len(ids)} unlabeled images: "
+                 + ", ".join(f"{k} {v}" for k, v in counts.items())
+                 + "\ngreen = right, red = wrong (hidden label); the student's corrections first, then its regressions")
         run.log_metrics({f"gallery_{k}": v for k, v in counts.items()})
         run.log_artifact(out.with_suffix(".csv"))
         run.log_artifact(plots.prediction_grid(images, shown, out, title))

@@ -157,9 +157,13 @@ def prediction_grid(images: np.ndarray, rows: pd.DataFrame, path: Path, title: s
     plt = _plt()
     nrows = _grid_rows(len(images), columns)
     fig, axes = plt.subplots(nrows, columns, figsize=_grid_inches(nrows, columns), squeeze=False)
-    for ax in axes.flat:
+    for ax in axes.flat[len(images):]:
         ax.axis("off")
     for ax, img, (_, r) in zip(axes.flat, images, rows.iterrows()):
+        # no ticks or frame, but the x label kept: layout then keeps each caption with its image
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.spines[:].set_visible(False)
         ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
                   interpolation="nearest")
         truth = r.get("truth")
@@ -169,8 +173,8 @@ def prediction_grid(images: np.ndarray, rows: pd.DataFrame, path: Path, title: s
             return "black" if not known else ("tab:green" if int(pred) == int(truth) else "tab:red")
 
         ax.set_title(f"T: {r['teacher']} ({100 * r['teacher_conf']:.0f}%)", fontsize=8, color=colour(r["teacher"]), pad=2)
-        ax.text(0.5, -0.08, f"S: {r['student']} ({100 * r['student_conf']:.0f}%)" + (f"  true {int(truth)}" if known else ""),
-                transform=ax.transAxes, ha="center", va="top", fontsize=8, color=colour(r["student"]))
+        ax.set_xlabel(f"S: {r['student']} ({100 * r['student_conf']:.0f}%)" + (f"  true {int(truth)}" if known else ""),
+                      fontsize=8, color=colour(r["student"]), labelpad=2)
     fig.suptitle(title, fontsize=9)
     return _save(fig, path)
 

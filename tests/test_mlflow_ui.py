@@ -2,7 +2,8 @@
 Debian's /usr/bin/chromium): the parent run, its teacher and student child runs, and their
 comparison with the accuracy metrics. `pytest -m browser` runs it alone; it skips without
 Chromium or Playwright, and fails instead when NS_REQUIRE_BROWSER=1 (as CI sets it).
-Screenshots go to tmp_path, and also to $NS_SCREENSHOT_DIR when set (for the docs)."""
+Screenshots go to tmp_path, and also to $NS_SCREENSHOT_DIR when set; with NS_UI_REPO=. it
+opens this repository's own store instead (how docs/mlflow_*.png were made, after `dvc repro`)."""
 import os
 import shutil
 import signal
@@ -97,10 +98,22 @@ def mlflow_server(root: Path, workdir: Path, timeout: float = 120):
 
 
 @pytest.fixture
-def mlflow_ui(reproduced, tmp_path):
-    root = reproduced[0]
+def store(request) -> tuple[Path, str]:
+    """(repository root, MLflow experiment): the session's tiny reproduced repository, or the
+    one NS_UI_REPO names (e.g. `.` after `dvc repro`, to screenshot the default pipeline)."""
+    if os.environ.get("NS_UI_REPO"):
+        import yaml
+
+        root = Path(os.environ["NS_UI_REPO"]).resolve()
+        return root, yaml.safe_load((root / "params.yaml").read_text())["mlflow"]["experiment"]
+    return request.getfixturevalue("reproduced")[0], EXPERIMENT
+
+
+@pytest.fixture
+def mlflow_ui(store, tmp_path):
+    root, experiment = store
     with mlflow_server(root, tmp_path) as url:
-        yield url, f"sqlite:///{root}/mlflow.db"
+        yield url, f"sqlite:///{root}/mlflow.db", experiment
 
 
 def fit_to_content(page):
@@ -128,15 +141,20 @@ def test_mlflow_ui_shows_pipeline_runs(chromium, mlflow_ui, tmp_path):
     from mlflow import MlflowClient
     from playwright.sync_api import expect, sync_playwright
 
-    url, store = mlflow_ui
+    url, store, experiment = mlflow_ui
     client = MlflowClient(store)
-    exp = client.get_experiment_by_name(EXPERIMENT)
-    assert exp is not None, f"no MLflow experiment {EXPERIMENT!r} in {store}"
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no MLflow experiment {experiment!r} in {store}"
     parents = client.search_runs([exp.experiment_id], "tags.`ns.role` = 'pipeline'",
-                                 order_by=["attributes.start_time ASC"])
+                                 order_by=["attributes.start_time DESC"])
     assert parents, "no pipeline parent run in the store"
-    parent = parents[0]  # the first `dvc repro`: later `dvc exp run`s re-run only the student side
-    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    # the newest whole run: `dvc exp run`s that change only the students have no teacher runs
+    for parent in parents:
+        children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+        if any(r.info.run_name == "evaluate@teacher" for r in children):
+            break
+    else:
+        pytest.fail(f"no pipeline run in {experiment!r} has an evaluate@teacher child run")
     # the teacher's and students' training and evaluation runs; the evaluations (test_top1) are
     # compared: a training run logs a dozen metrics, which would push the accuracy out of the shot
     shown = sorted((r for r in children if r.data.tags.get("ns.model")
