@@ -55,6 +55,15 @@ def test_repro_experiment_queue_and_mlflow(reproduced):
     assert "metrics/teacher/" not in changed and "eval/teacher" not in changed
     params_diff = dvc("params", "diff", cwd=root, env=env)
     assert re.search(r"noise\.dropout\s+0\.2\s+0\.5", params_diff), params_diff
+    # every declared plot renders; the diff holds both sides (images: one entry per side)
+    plots = json.loads(dvc("plots", "diff", "HEAD", "--json", cwd=root, env=env))["data"]
+    wanted = {"metrics/summary.csv", "metrics/summary.png", "metrics/s1/history.csv", "metrics/baseline/history.csv",
+              "metrics/s2/confidence.csv", "metrics/s2/classes.png", "metrics/s2/gallery.png",
+              "metrics/eval/s2_predictions.csv", "metrics/robustness/s1_fgsm.csv"}
+    assert wanted <= set(plots), sorted(wanted - set(plots))
+    assert set(plots["metrics/summary.csv"][0]["revisions"]) == {"workspace", "HEAD"}
+    assert {r for entry in plots["metrics/s2/gallery.png"] for r in entry["revisions"]} == {"workspace", "HEAD"}
+    assert (root / "docs/report/report.md").read_text().count("](") == 18  # tiny: 1 + 2 + 2 x 2 + 4 + 4 + 3 figures
 
     # a queued experiment runs in a temporary copy and still logs into this repository's store
     dvc("exp", "run", "--queue", "-S", "select.per_class=15", "-n", "queued-exp", cwd=root, env=env)
