@@ -86,7 +86,7 @@ def figures(p: Params, metrics: Path) -> dict[str, list[tuple[str, Path]]]:
     return {
         "Accuracy per iteration": [("test top-1 (and mCE) per model", metrics / "summary.png")],
         "Where the student corrects the teacher (the paper's Figure 1)": [
-            (f"student {n} vs its teacher {p.iterations[n].teacher}", metrics / n / "gallery.png") for n in its],
+            (f"{n} against its teacher ({p.iterations[n].teacher})", metrics / n / "gallery.png") for n in its],
         "Pseudo labels: confidence and class balance": [
             x for n in its for x in ((f"{n}: confidence of {p.iterations[n].teacher}'s labels", metrics / n / "confidence.png"),
                                      (f"{n}: per class, before and after balancing", metrics / n / "classes.png"))],
@@ -112,7 +112,7 @@ def build(p: Params, metrics: Path, out: Path, title: str) -> Path:
     chain = " -> ".join(["teacher", *p.iterations])
     md = [f"# Noisy Student: {title}", "",
           f"Dataset `{p.data.name}` ({p.data.labeled_per_class if p.data.labeled_per_class is not None else 'all'} labeled per class), "
-          f"chain {chain}; student noise: RandAugment {p.noise.randaugment_n}x{p.noise.randaugment_m}, dropout {p.noise.dropout:g}, "
+          f"chain {chain}; student noise: RandAugment {p.noise.randaugment_n}x{p.noise.randaugment_m:g}, dropout {p.noise.dropout:g}, "
           f"stochastic depth {p.noise.drop_path:g}; {p.student.targets} pseudo labels, threshold {p.select.threshold:g}, "
           f"{p.select.per_class} per class; seed {p.train.seed}.", "",
           f"**Best student {summary['best_student']}: {_pct(summary['best_student_test_acc'])} % test top-1, teacher "
