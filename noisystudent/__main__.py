@@ -1,6 +1,9 @@
 """`python -m noisystudent`: every pipeline stage as a command (what `dvc repro` runs, with the
 arguments dvc.yaml gives), and the tools beside them. Run from the repository root."""
 import importlib
+import os
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
@@ -27,6 +30,113 @@ def sync_mlflow():
 
     n = sync_pending()
     typer.echo(f"{n} pending run(s) sent; {len(list(pending_dir().glob('*.json'))) if pending_dir().is_dir() else 0} left")
+
+
+def _dvc(*args: str, check: bool = True) -> str:
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise typer.BadParameter(f"dvc {' '.join(args)} failed ({r.returncode}): {(r.stderr or r.stdout).strip()[-2000:]}")
+    return r.stdout
+
+
+def _experiments() -> list[dict]:
+    from .ablation import experiments_from_show
+
+    # every commit's: a suite may have been queued on an earlier commit than the one checked out
+    return experiments_from_show(_dvc("exp", "show", "--json", "--all-commits", "--no-fetch"))
+
+
+@cli.command("ablate")
+def ablate(
+    suites: Annotated[list[str], typer.Argument(help="suite names: noise, iterations, pseudo, data, model, baseline")],
+    seed: Annotated[list[int], typer.Option(help="seeds (split, training and balancing draws); repeat the option")] = [0, 1, 2],
+    jobs: Annotated[int, typer.Option(min=1, help="parallel queue workers (1 = serialised; see README on MLflow)")] = 1,
+    start: Annotated[bool, typer.Option(help="start the queue and wait for it (--no-start: only queue)")] = True,
+    dry_run: Annotated[bool, typer.Option(help="print the `dvc exp run` lines, queue nothing")] = False,
+):
+    """Queue a named ablation suite as DVC experiments (`dvc exp run --queue -S ...`, one per
+    variant x seed, named <variant>-seed<N>; every suite's default variant is the one experiment
+    default-seed<N>), run the queue and wait. Experiments that
+    already finished under that name are skipped, so a stopped suite resumes."""
+    import time
+
+    from .ablation import queue_plan
+    from .progress import progress
+
+    try:
+        runs = queue_plan(suites, seed)
+    except (KeyError, ValueError) as e:
+        raise typer.BadParameter(str(e).strip("'\"")) from None
+    if dry_run:
+        for r in runs:
+            typer.echo(" ".join(["dvc", "exp", "run", "--queue", "-n", r.name, *r.set_args()]))
+        return
+    done = {e["name"] for e in _experiments() if e["status"] == "success"}
+    todo = [r for r in runs if r.name not in done]
+    typer.echo(f"{len(runs)} experiments in {', '.join(suites)} x seeds {seed}: {len(runs) - len(todo)} done, {len(todo)} to queue")
+    if todo:
+        _prepare_tracking()
+    for r in todo:
+        _dvc("exp", "run", "--queue", "-n", r.name, *r.set_args())
+    if not start or not todo:
+        return
+    t0 = time.time()
+    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        # workers inherit this: each takes its share of the cores instead of all of them
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    _dvc("queue", "start", "-j", str(jobs))
+    names = {r.name for r in todo}
+    with progress("ablate", total=len(todo), unit="exp") as bar:
+        finished: set[str] = set()
+        while True:
+            time.sleep(10)
+            states = {e["name"]: e["status"] for e in _experiments() if e["name"] in names}
+            now = {n for n, s in states.items() if s in ("success", "failed")}
+            bar.advance(len(now - finished))
+            finished |= now
+            if finished >= names:
+                break
+    failed = sorted(n for n, s in states.items() if s == "failed")
+    typer.echo(f"{len(todo)} experiments in {time.time() - t0:.0f} s; failed: {', '.join(failed) or 'none'}"
+               + ("  (`dvc queue logs <name>` shows why)" if failed else ""))
+
+
+def _prepare_tracking() -> None:
+    """Create the MLflow store and experiment before parallel queue workers start: SQLite's
+    schema set-up is not safe under concurrent first writers (later writes retry when locked)."""
+    from .cli import read_params
+
+    p = read_params(Path("params.yaml"))
+    if not p.mlflow.enabled:
+        return
+    from mlflow.tracking import MlflowClient
+
+    from .tracking import artifact_location, tracking_uri
+
+    client = MlflowClient(tracking_uri())
+    if client.get_experiment_by_name(p.mlflow.experiment) is None:
+        client.create_experiment(p.mlflow.experiment, artifact_location=artifact_location())
+
+
+@cli.command("ablation-report")
+def ablation_report(
+    suites: Annotated[list[str], typer.Argument(help="suite names (see `ablate`)")],
+    seed: Annotated[list[int], typer.Option(help="seeds the suites ran with; repeat the option")] = [0, 1, 2],
+    out: Annotated[Path, typer.Option(help="folder for report.md and its plots (replaced whole)")] = Path("reports/ablations"),
+    show_json: Annotated[Optional[Path], typer.Option(help="read this saved `dvc exp show --json` instead of running it")] = None,
+):
+    """Build the ablation report from finished DVC experiments (`dvc exp show --json`): per
+    suite a table of mean +- std per variant, the gains, what each paper finding looks like
+    here, and plots. Missing or failed experiments are listed, never silently dropped."""
+    from .ablation import experiments_from_show
+    from .ablation_report import build
+
+    records = experiments_from_show(show_json.read_text()) if show_json else _experiments()
+    page = build(records, suites, seed, out)
+    typer.echo(f"ablation report: {page}")
 
 
 @cli.command("stages")

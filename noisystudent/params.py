@@ -116,6 +116,7 @@ class PseudoParams(_Section):
     rows_per_file: PosInt = 100_000  # Parquet part size: memory while labeling is bounded by it
     precision: Precision = "fp32"  # of the teacher's forward pass (on train.device)
     nproc: PosInt = 1  # > 1: torchrun processes on this machine, each labeling its share of the shards
+    noised: bool = False  # ablation only: the teacher labels with its own training noise on (the paper: never)
 
 
 class SelectParams(_Section):

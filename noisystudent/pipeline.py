@@ -21,7 +21,7 @@ from .params import Params
 from .progress import progress
 from .runtime import Runtime, runtime
 from .tracking import StageRun
-from .train import FitConfig, Resume, fit, predict_logits, stream_soft_labels
+from .train import FitConfig, Resume, fit, predict_logits, sample_seed, stream_soft_labels
 from .transforms import data_config, eval_transform, pixels_to_model_input, randaugment_config, train_transform
 
 
@@ -214,15 +214,27 @@ def pseudo_label_stage(
     rt = inference_runtime(p, p.pseudo.precision)
     rt.model(model)
     tf = eval_transform(ckpt["data_config"])  # the teacher's own preprocessing, never noised
+    if p.pseudo.noised:  # the ablation: the teacher's own training noise (the teacher's or the students')
+        own = p.teacher if ckpt["name"] == "teacher" else p.noise
+        tf = train_transform(ckpt["data_config"], randaugment_config(own.randaugment_n, own.randaugment_m))
     ids = data.split("unlabeled")["id"].to_numpy()
     fingerprint = {"teacher_sha256": file_sha256(teacher_ckpt), "ids_sha256": ids_digest(ids), "num_ids": int(len(ids)),
                    "temperature": p.pseudo.temperature, "batch_size": p.pseudo.batch_size, "num_shards": num_shards,
-                   "rows_per_file": p.pseudo.rows_per_file, "precision": p.pseudo.precision}
+                   "rows_per_file": p.pseudo.rows_per_file, "precision": p.pseudo.precision, "noised": p.pseudo.noised}
     # under torchrun every rank labels its own shards into one folder; rank 0 sets it up
     open_labels_dir(out, fingerprint, leader=shard is not None or int(os.environ.get("RANK", "0")) == 0)
 
     def predict(chunk: np.ndarray):
-        return stream_soft_labels(model, _loader(p, data, chunk, tf, p.pseudo.batch_size, rt), p.pseudo.temperature, rt)
+        if not p.pseudo.noised:
+            return stream_soft_labels(model, _loader(p, data, chunk, tf, p.pseudo.batch_size, rt), p.pseudo.temperature, rt)
+        # noised: every image's augmentation and the dropout masks seeded by the image id, so a
+        # re-run (or a resumed shard) gives the same labels
+        keys = [(i, sample_seed(p.train.seed, 3, int(i))) for i in range(len(chunk))]
+        batches = [keys[k : k + p.pseudo.batch_size] for k in range(0, len(keys), p.pseudo.batch_size)]
+        torch.manual_seed(p.train.seed * 7919 + int(chunk[0]) if len(chunk) else 0)
+        ds = D.ImageDataset(data.images, chunk, None, tf)
+        dl = D.loader(ds, batch_sampler=batches, num_workers=p.data.num_workers, pin_memory=rt.pin_memory)
+        return stream_soft_labels(model, dl, p.pseudo.temperature, rt, noised=True)
 
     written = 0
     with _tracker(p, f"pseudo_label@{iteration}") as run:

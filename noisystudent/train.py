@@ -338,13 +338,16 @@ def predict_logits(model: nn.Module, loader: DataLoader, desc: str | None = "pre
 
 
 @torch.inference_mode()
-def stream_soft_labels(model: nn.Module, loader: DataLoader, temperature: float, rt: Runtime | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def stream_soft_labels(model: nn.Module, loader: DataLoader, temperature: float, rt: Runtime | None = None,
+                       noised: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Un-noised soft labels, batch by batch: (ids, softmax(logits / T)) as numpy. Nothing is
-    kept between batches, so a pool of any size streams through in flat memory."""
+    kept between batches, so a pool of any size streams through in flat memory. `noised`
+    (an ablation): train mode, so dropout and stochastic depth stay on (the caller seeds them
+    and gives a noised transform)."""
     from .pseudo import soft_labels
 
     rt = rt or Runtime.of(model)
-    model.eval()
+    model.train(noised)
     for x, ids in loader:
         with rt.autocast():
             logits = model(rt.input(x)).float()

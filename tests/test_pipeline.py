@@ -102,6 +102,21 @@ def test_pseudo_labels_use_the_unnoised_teacher(tmp_path, tiny_params):
     assert np.array_equal(np.stack(a["probs"]), np.stack(b["probs"]))
 
 
+def test_noised_teacher_ablation_labels_reproducibly_and_differently(tmp_path, tiny_params):
+    """pseudo.noised (the paper's "teacher noised too" ablation): dropout, stochastic depth and
+    RandAugment on while labeling, seeded per image: the same labels twice, not the clean ones."""
+    p = tiny_params(teacher__dropout=0.5, teacher__drop_path=0.3, pseudo__noised=True)
+    data = tmp_path / "data"
+    prepare_stage(p, data)
+    train_stage(p, "teacher", data, tmp_path / "t.pt", tmp_path / "t.json")
+    for out in ("a", "b"):
+        pseudo_label_stage(p, "s1", data, tmp_path / "t.pt", tmp_path / out)
+    pseudo_label_stage(tiny_params(teacher__dropout=0.5, teacher__drop_path=0.3), "s1", data, tmp_path / "t.pt", tmp_path / "clean")
+    a, b, clean = (np.stack(read_labels(tmp_path / d).sort_values("id")["probs"]) for d in ("a", "b", "clean"))
+    assert np.array_equal(a, b)
+    assert not np.allclose(a, clean, atol=1e-3)
+
+
 def test_hard_targets_are_one_hot(tmp_path, tiny_params):
     from noisystudent.pipeline import _pseudo_targets
 

@@ -1,0 +1,154 @@
+"""The paper's ablations as named suites of DVC experiments: what each variant overrides
+(`dvc exp run -S key=value`), how a suite expands over seeds into experiment names, and how
+finished experiments (from `dvc exp show --json`) are read back into one row each. Pure
+functions; the commands that queue and report are in `__main__.py`."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    overrides: dict = field(default_factory=dict)  # dotted params key -> value
+    note: str = ""  # what it tests, for the report
+
+
+# every seed varies the split, the training draws and the balancing draws together
+SEED_KEYS = ("data.seed", "train.seed", "select.seed")
+EQUAL = {"iterations.s2.arch": "ns_resnet_s", "iterations.s3.arch": "ns_resnet_s"}  # students as large as the teacher
+
+SUITES: dict[str, list[Variant]] = {
+    "noise": [
+        Variant("full", {}, "the default: RandAugment, dropout and stochastic depth on the student"),
+        Variant("no-randaugment", {"noise.randaugment_n": 0}, "input noise removed"),
+        Variant("no-dropout", {"noise.dropout": 0.0}, "dropout removed"),
+        Variant("no-stochastic-depth", {"noise.drop_path": 0.0}, "stochastic depth removed"),
+        Variant("no-noise", {"noise.randaugment_n": 0, "noise.dropout": 0.0, "noise.drop_path": 0.0}, "all student noise removed"),
+        Variant("teacher-noised", {"pseudo.noised": True}, "the teacher labels with its own noise on (the paper: never)"),
+    ],
+    # one chain of three gives all three points: a model does not depend on the iterations after it
+    "iterations": [Variant("chain", {}, "accuracy after 1, 2 and 3 iterations of the default chain")],
+    "pseudo": [
+        Variant("soft", {}, "soft pseudo labels (the default, temperature 1)"),
+        Variant("hard", {"student.targets": "hard"}, "hard (one-hot, smoothed) pseudo labels"),
+        Variant("temperature-0.5", {"pseudo.temperature": 0.5}, "sharper soft labels"),
+        Variant("temperature-2", {"pseudo.temperature": 2.0}, "flatter soft labels"),
+        Variant("threshold-0", {"select.threshold": 0.0}, "no confidence filter"),
+        Variant("threshold-0.5", {"select.threshold": 0.5}, "a stricter filter"),
+        Variant("threshold-0.7", {"select.threshold": 0.7}, "a much stricter filter"),
+    ],
+    "data": [
+        Variant("balanced", {}, "the official balancing (default)"),
+        Variant("unbalanced", {"select.balance": False}, "every image above the threshold, once"),
+        *[Variant(f"fraction-1/{d}", {"select.unlabeled_fraction": 1 / d}, f"1/{d} of the unlabeled pool")
+          for d in (2, 4, 8, 16)],
+        Variant("ratio-1", {"student.batch_ratio": 1}, "unlabeled:labeled batch 1"),
+        Variant("ratio-5", {"student.batch_ratio": 5}, "unlabeled:labeled batch 5 (default 3)"),
+    ],
+    "model": [
+        Variant("larger", {}, "students larger than the teacher from the second iteration (default)"),
+        Variant("equal", dict(EQUAL), "every student the teacher's size"),
+        Variant("init-from-teacher", {**EQUAL, "student.init": "teacher"}, "equal-size students initialised from their teacher"),
+    ],
+    # the supervised baseline runs in every experiment (stage train_baseline); alone it is the default run
+    "baseline": [Variant("supervised", {}, "the teacher's recipe on the labeled images alone, in the students' architecture")],
+}
+
+
+def format_value(v) -> str:
+    """A params value as Hydra's override grammar reads it back to the same YAML value."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "null"
+    if isinstance(v, float):
+        return repr(v)  # 0.0, not 0: the key's type stays float
+    return str(v)
+
+
+def experiment_name(v: Variant, seed: int) -> str:
+    """Named after what it changes, not after its suite: the default variant of every suite
+    (noise full, iterations chain, soft labels, balanced, larger, supervised) is one
+    experiment, `default-seed<N>`, run once. DVC names become git refs: letters, digits, '-',
+    '_' and '.' only."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{v.name if v.overrides else 'default'}-seed{seed}")
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    suite: str
+    variant: str
+    seed: int
+    overrides: dict
+
+    def set_args(self) -> list[str]:
+        """`-S key=value` for every override and seed key, sorted: the same run, the same line."""
+        args = []
+        for k, v in sorted(self.overrides.items()):
+            args += ["-S", f"{k}={format_value(v)}"]
+        return args
+
+
+def expand(suite: str, seeds: list[int]) -> list[Run]:
+    """Every (variant, seed) of `suite`, with its experiment name and overrides."""
+    if suite not in SUITES:
+        raise KeyError(f"unknown suite {suite!r}: one of {', '.join(SUITES)}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds repeat: {seeds}")
+    return [Run(experiment_name(v, s), suite, v.name, s, {**v.overrides, **{k: s for k in SEED_KEYS}})
+            for v in SUITES[suite] for s in seeds]
+
+
+def queue_plan(suites: list[str], seeds: list[int]) -> list[Run]:
+    """The experiments to queue for these suites: one per name, in suite order."""
+    seen: dict[str, Run] = {}
+    for s in suites:
+        for r in expand(s, seeds):
+            seen.setdefault(r.name, r)
+    return list(seen.values())
+
+
+# ---- reading `dvc exp show --json` -----------------------------------------------------
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _record(rev: dict, state: str | None) -> dict:
+    data = rev.get("data") or {}
+    metrics = {}
+    for path, m in (data.get("metrics") or {}).items():
+        metrics.update({f"{path}:{k}": v for k, v in _flatten((m or {}).get("data")).items()})
+    params = _flatten(((data.get("params") or {}).get("params.yaml") or {}).get("data"))
+    error = rev.get("error") or data.get("error")
+    status = "failed" if (state or "").lower() == "failed" or error else (state or "success").lower()
+    return {"name": rev.get("name") or data.get("name"), "rev": rev.get("rev"), "status": status,
+            "params": params, "metrics": metrics, "error": (error or {}).get("msg") if isinstance(error, dict) else error}
+
+
+def experiments_from_show(show: list | str) -> list[dict]:
+    """Every experiment in `dvc exp show --json` output: name, status (success, failed,
+    queued, running), flat params and metrics (`file:key`). Baseline rows are left out."""
+    if isinstance(show, str):
+        show = json.loads(show)
+    out = []
+    for base in show:
+        for exp in base.get("experiments") or []:
+            state = (exp.get("executor") or {}).get("state")
+            revs = exp.get("revs") or []
+            for rev in revs[:1]:  # the experiment's own commit (the rest are its history)
+                rec = _record(rev, state)
+                rec["name"] = rec["name"] or exp.get("name")
+                out.append(rec)
+    return out
