@@ -90,16 +90,16 @@ def ablate(
     _dvc("queue", "start", "-j", str(jobs))
     names = {r.name for r in todo}
     with progress("ablate", total=len(todo), unit="exp") as bar:
-        finished: set[str] = set()
-        while True:
-            time.sleep(10)
-            states = {e["name"]: e["status"] for e in _experiments() if e["name"] in names}
-            now = {n for n, s in states.items() if s in ("success", "failed")}
-            bar.advance(len(now - finished))
-            finished |= now
-            if finished >= names:
-                break
-    failed = sorted(n for n, s in states.items() if s == "failed")
+        finished: dict[str, str] = {}
+        while len(finished) < len(names):
+            time.sleep(20)
+            # `dvc queue status` is cheap (no experiment collection) and sees every baseline commit
+            for line in _dvc("queue", "status").splitlines():
+                cols = line.split()
+                if len(cols) >= 4 and cols[1] in names and cols[-1] in ("Success", "Failed") and cols[1] not in finished:
+                    finished[cols[1]] = cols[-1].lower()
+                    bar.advance()
+    failed = sorted(n for n, s in finished.items() if s == "failed")
     typer.echo(f"{len(todo)} experiments in {time.time() - t0:.0f} s; failed: {', '.join(failed) or 'none'}"
                + ("  (`dvc queue logs <name>` shows why)" if failed else ""))
 

@@ -53,6 +53,7 @@ class StudentParams(_Section):
     steps: PosInt = 300
     batch_ratio: PosInt = 3  # unlabeled batch = ratio x labeled batch (PAPER.md)
     targets: Literal["soft", "hard"] = "soft"
+    init: Literal["scratch", "teacher"] = "scratch"  # teacher (an ablation): start from the teacher's weights
 
 
 class NoiseParams(_Section):
@@ -123,6 +124,8 @@ class SelectParams(_Section):
     threshold: Prob = 0.3
     per_class: PosInt = 200
     seed: int = 0
+    balance: bool = True  # false (an ablation): every image at or above the threshold, once
+    unlabeled_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0  # an ablation: a seeded share of the pool
 
 
 class Iteration(_Section):
@@ -240,6 +243,15 @@ class Params(_Section):
                     f"iterations.{name}.arch: {it.arch} ({count_params(it.arch):,} parameters) is smaller than its teacher "
                     f"{t_arch} ({count_params(t_arch):,}); Noisy Student uses equal-or-larger students "
                     f"(set iterations.{name}.allow_smaller: true to allow it)")
+        return self
+
+    @model_validator(mode="after")
+    def _init_needs_equal_archs(self) -> "Params":
+        if self.student.init == "teacher":
+            for name, it in self.iterations.items():
+                if it.arch != self.arch_of(it.teacher):
+                    raise ValueError(f"student.init: teacher needs each student in its teacher's architecture "
+                                     f"(iterations.{name}.arch {it.arch}, its teacher's {self.arch_of(it.teacher)})")
         return self
 
     @model_validator(mode="after")

@@ -120,6 +120,10 @@ def train_stage(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Pa
 
     torch.manual_seed(seed)
     model = create_model(arch, data.num_classes, data.in_chans, noise.dropout, noise.drop_path)
+    init_from = None
+    if not supervised and p.student.init == "teacher":  # the ablation; the paper trains students from scratch
+        init_from = out.parent / f"{p.iterations[name].teacher}.pt"
+        model.load_state_dict(load_checkpoint(init_from)["state_dict"])
     cfg = FitConfig(
         steps=steps, batch_size=p.train.batch_size, lr=p.train.lr, momentum=p.train.momentum,
         weight_decay=p.train.weight_decay, warmup_steps=p.train.warmup_steps,
@@ -129,7 +133,7 @@ def train_stage(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Pa
     t = p.train
     rt = runtime(t.device, t.precision, t.channels_last, t.workers, t.compile)  # joins torchrun's group, if any
     resume = Resume(resume_path(out), _resume_fingerprint(name, arch, noise.model_dump(), cfg, dcfg, rt,
-                                                          [data.root / "meta.json", data.root / "labeled.parquet", selected]))
+                                                          [data.root / "meta.json", data.root / "labeled.parquet", selected, init_from]))
     stage = f"train_{name}" if supervised else f"train_student@{name}"
     # rank 0 alone writes the checkpoint, the metrics and the MLflow records
     with _tracker(p, stage, enabled=rt.main) as run:
@@ -257,7 +261,9 @@ def select_stage(p: Params, iteration: str, data_dir: Path, labels: Path, out: P
     with _tracker(p, f"select@{iteration}") as run:
         run.log_params({"select": p.select.model_dump()})
         truth = pd.read_parquet(data.root / "unlabeled_truth.parquet").set_index("id")["label"]  # where known
-        stats, tables = select_dataset(labels, out, p.select.threshold, p.select.per_class, data.num_classes, p.select.seed, truth=truth)
+        s = p.select
+        stats, tables = select_dataset(labels, out, s.threshold, s.per_class, data.num_classes, s.seed, truth=truth,
+                                       balance=s.balance, fraction=s.unlabeled_fraction)
         atomic_write_json(metrics_out, stats)
         run.log_metrics({k: v for k, v in stats.items() if not isinstance(v, dict)})
         run.log_artifact(metrics_out)

@@ -14,7 +14,7 @@ DPI = 100
 # (width, height) in inches per picture; pixels = inches x DPI (tests check them)
 SIZES = {
     "accuracy": (6.0, 4.0), "confusion": (4.5, 4.0), "confidence": (6.0, 3.5), "classes": (6.0, 3.5),
-    "curves": (10.0, 3.5), "robustness": (10.0, 4.0),
+    "curves": (10.0, 3.5), "robustness": (10.0, 4.0), "ablation": (6.0, 4.0),
 }
 
 
@@ -68,6 +68,20 @@ def accuracy_per_iteration(table: pd.DataFrame, path: Path, baseline: tuple[str,
     # below the axes: lines rising and falling across the whole width leave no free corner
     fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(labels), frameon=False)
     return _save(fig, path, rect=(0, 0.06, 1, 1))
+
+
+def accuracy_curve(t: pd.DataFrame, path: Path, xlabel: str, title: str, logx: bool = False) -> Path:
+    """Test top-1 mean ± std over seeds (`x`, `mean`, `std`) against one varied quantity."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=SIZES["ablation"])
+    t = t.sort_values("x")
+    std = t["std"].fillna(0).astype(float)
+    ax.errorbar(t["x"], 100 * t["mean"].astype(float), yerr=100 * std, marker="o", capsize=4)
+    if logx:
+        ax.set_xscale("log", base=2)
+    ax.set(xlabel=xlabel, ylabel="test top-1 (%), mean ± std over seeds", title=title)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
 
 
 def confusion(cm: np.ndarray, path: Path, title: str) -> Path:

@@ -180,7 +180,8 @@ def read_labels(labels_dir: Path, columns: list[str] | None = None):
 
 def select_dataset(
     labels_dir: Path, out: Path, threshold: float, per_class: int, num_classes: int, seed: int,
-    batch_rows: int = 1 << 18, truth: pd.Series | None = None, bins: int = 20,
+    batch_rows: int = 1 << 18, truth: pd.Series | None = None, bins: int = 20, balance: bool = True,
+    fraction: float = 1.0,
 ) -> tuple[dict, dict[str, pd.DataFrame]]:
     """Threshold + class balancing over all shards, out of core, in two passes (as the
     official filter_unlabel.py): pass 1 reads only id/label/confidence and decides each
@@ -188,7 +189,9 @@ def select_dataset(
     a `copies` column (never repeated rows). Returns (counts for the metrics file, plus the
     pseudo labels' accuracy when hidden labels (`truth`, indexed by id) are given; the tables
     behind the pictures: `confidence` histogram with `bins` bins over [0, 1], per-`classes`
-    counts before and after the threshold and the balancing)."""
+    counts before and after the threshold and the balancing). Ablations: `balance=False`
+    keeps every image at or above the threshold once; `fraction` < 1 uses a seeded share of
+    the pool only (the rest is left out before the threshold)."""
     dataset = pads.dataset(check_complete(labels_dir), format="parquet")
     t = dataset.to_table(columns=["id", "label", "confidence"])
     ids = t["id"].to_numpy()
@@ -197,9 +200,16 @@ def select_dataset(
     del t, order
     if len(ids) > 1 and (ids[1:] == ids[:-1]).any():
         raise ValueError(f"{labels_dir}: an image id appears twice across shards")
-    eligible = np.flatnonzero(conf >= threshold)
+    used = np.ones(len(ids), dtype=bool)
+    if fraction < 1:
+        used[:] = False
+        used[np.random.default_rng([seed, 1]).permutation(len(ids))[: int(np.ceil(fraction * len(ids)))]] = True
+    eligible = np.flatnonzero((conf >= threshold) & used)
     copies = np.zeros(len(ids), dtype=np.int32)
-    copies[eligible] = balance_copies(labels[eligible], conf[eligible], per_class, num_classes, threshold, seed)
+    if balance:
+        copies[eligible] = balance_copies(labels[eligible], conf[eligible], per_class, num_classes, threshold, seed)
+    else:
+        copies[eligible] = 1
 
     schema = dataset.schema.append(pa.field("copies", pa.int32()))
     with atomic_path(out) as tmp:
@@ -213,6 +223,7 @@ def select_dataset(
     per_class_counts = np.bincount(labels, weights=copies, minlength=num_classes).astype(np.int64)
     stats = {
         "pseudo_labeled": int(len(ids)),
+        "unlabeled_used": int(used.sum()),
         "kept_after_threshold": int(len(eligible)),
         "selected": int(copies.sum()),
         "unique": int((copies > 0).sum()),

@@ -28,6 +28,8 @@ CASES = [
     ({"iterations.baseline": {"teacher": "s3", "arch": "ns_resnet_m"}}, "'baseline' is reserved"),
     ({"eval.models": ["teacher", "s1"]}, "eval.models must list the teacher, every iteration in order and the baseline"),
     ({"baseline.arch": "nope"}, "baseline.arch: unknown timm model 'nope'"),
+    ({"student.init": "teacher"}, "student.init: teacher needs each student in its teacher's architecture (iterations.s2.arch ns_resnet_m, its teacher's ns_resnet_s)"),
+    ({"select.unlabeled_fraction": 0}, "select.unlabeled_fraction: Input should be greater than 0 (got 0)"),
     ({"eval.gallery.images": 0}, "eval.gallery.images: Input should be greater than or equal to 1 (got 0)"),
     ({"train.batch_size": 0}, "train.batch_size: Input should be greater than 0 (got 0)"),
     ({"train.lr": "fast"}, "train.lr: Input should be a valid number"),

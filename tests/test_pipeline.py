@@ -117,6 +117,23 @@ def test_noised_teacher_ablation_labels_reproducibly_and_differently(tmp_path, t
     assert not np.allclose(a, clean, atol=1e-3)
 
 
+def test_student_init_from_teacher_starts_at_the_teacher(tmp_path, tiny_params):
+    """student.init: teacher (an ablation): the student's first weights are its teacher's; one
+    step at a negligible learning rate leaves the conv weights where the teacher's were."""
+    import torch
+
+    p = tiny_params(student__init="teacher", student__steps=1, train__lr=1e-9, train__ema_decay=0.0)
+    data, m = tmp_path / "data", tmp_path / "m"
+    prepare_stage(p, data)
+    train_stage(p, "teacher", data, m / "teacher.pt", tmp_path / "t.json")
+    pseudo_label_stage(p, "s1", data, m / "teacher.pt", tmp_path / "labels")
+    select_stage(p, "s1", data, tmp_path / "labels", tmp_path / "sel.parquet", tmp_path / "sel.json")
+    train_stage(p, "s1", data, m / "s1.pt", tmp_path / "s1.json", tmp_path / "sel.parquet")
+    t, s = load_checkpoint(m / "teacher.pt")["state_dict"], load_checkpoint(m / "s1.pt")["state_dict"]
+    convs = [k for k in t if "conv" in k and k.endswith("weight")]
+    assert convs and all(torch.allclose(t[k], s[k], atol=1e-6) for k in convs)
+
+
 def test_hard_targets_are_one_hot(tmp_path, tiny_params):
     from noisystudent.pipeline import _pseudo_targets
 

@@ -78,6 +78,21 @@ def test_select_out_of_core_equals_in_memory_balance(tmp_path):
     assert classes["selected"].tolist() == [stats["per_class"][str(c)] for c in range(4)] == [30] * 4
 
 
+def test_select_ablations_unbalanced_and_fraction(tmp_path):
+    ids = np.random.default_rng(1).permutation(500)
+    label_all(ids, tmp_path / "labels", num_shards=2, rows_per_file=100)
+    frame = read_labels(tmp_path / "labels")
+    stats, _ = select_dataset(tmp_path / "labels", tmp_path / "u.parquet", 0.4, 30, 4, seed=7, balance=False)
+    sel = pd.read_parquet(tmp_path / "u.parquet")
+    assert (sel["copies"] == 1).all() and set(sel["id"]) == set(frame.loc[frame["confidence"] >= 0.4, "id"])
+    assert stats["selected"] == stats["unique"] == stats["kept_after_threshold"]
+    # a quarter of the pool: a seeded quarter, the same one again; balancing within it
+    a, _ = select_dataset(tmp_path / "labels", tmp_path / "a.parquet", 0.4, 30, 4, seed=7, fraction=0.25)
+    b, _ = select_dataset(tmp_path / "labels", tmp_path / "b.parquet", 0.4, 30, 4, seed=7, fraction=0.25)
+    assert a == b and a["unlabeled_used"] == 125 and a["kept_after_threshold"] <= 125 and a["selected"] == 4 * 30
+    assert pd.read_parquet(tmp_path / "a.parquet")["id"].tolist() == pd.read_parquet(tmp_path / "b.parquet")["id"].tolist()
+
+
 def _stage(args, env):
     return subprocess.run([sys.executable, "-m", "stages.pseudo_label", *args], cwd=ROOT, env=env, capture_output=True, text=True)
 

@@ -1,0 +1,152 @@
+"""Ablation suites: the -S overrides each expands to, reading `dvc exp show --json`, and the
+report builder on a small fixture of experiment results, with a missing and a failed run."""
+import json
+
+import numpy as np
+import pytest
+
+from noisystudent.ablation import SUITES, expand, experiments_from_show, format_value, queue_plan
+from noisystudent.ablation_report import build, collect, findings, table
+
+SEEDS = [0, 1, 2]
+
+
+def test_noise_suite_expands_to_the_papers_noise_table():
+    runs = {(r.variant, r.seed): r for r in expand("noise", SEEDS)}
+    assert len(runs) == 6 * 3
+    seed_args = lambda s: ["-S", f"data.seed={s}", "-S", f"select.seed={s}", "-S", f"train.seed={s}"]  # noqa: E731
+    assert runs["full", 1].set_args() == seed_args(1) and runs["full", 1].name == "default-seed1"
+    assert runs["no-dropout", 2].set_args() == ["-S", "data.seed=2", "-S", "noise.dropout=0.0", "-S", "select.seed=2", "-S", "train.seed=2"]
+    assert runs["no-noise", 0].set_args() == ["-S", "data.seed=0", "-S", "noise.drop_path=0.0", "-S", "noise.dropout=0.0",
+                                              "-S", "noise.randaugment_n=0", "-S", "select.seed=0", "-S", "train.seed=0"]
+    assert "-S" in runs["teacher-noised", 0].set_args() and "pseudo.noised=true" in runs["teacher-noised", 0].set_args()
+    assert runs["no-stochastic-depth", 1].overrides["noise.drop_path"] == 0.0
+
+
+def test_other_suites_expand_to_their_overrides():
+    data = {r.variant: r for r in expand("data", [0])}
+    assert "select.unlabeled_fraction=0.0625" in data["fraction-1/16"].set_args()
+    assert "select.balance=false" in data["unbalanced"].set_args() and "student.batch_ratio=5" in data["ratio-5"].set_args()
+    assert data["fraction-1/16"].name == "fraction-1_16-seed0"  # a git ref: no '/'
+    model = {r.variant: r for r in expand("model", [0])}
+    assert {"iterations.s2.arch=ns_resnet_s", "iterations.s3.arch=ns_resnet_s", "student.init=teacher"} <= set(model["init-from-teacher"].set_args())
+    pseudo = {r.variant: r for r in expand("pseudo", [0])}
+    assert "student.targets=hard" in pseudo["hard"].set_args() and "select.threshold=0.0" in pseudo["threshold-0"].set_args()
+    assert [v.name for v in SUITES["iterations"]] == ["chain"] and SUITES["iterations"][0].overrides == {}
+
+
+def test_every_suites_default_variant_is_one_experiment():
+    plan = queue_plan(["noise", "iterations", "baseline"], SEEDS)
+    names = [r.name for r in plan]
+    assert len(names) == len(set(names)) == 6 * 3  # iterations and baseline add no run
+    assert sum(n.startswith("default-") for n in names) == 3
+
+
+def test_bad_suite_and_seeds():
+    with pytest.raises(KeyError, match="unknown suite 'nois'"):
+        expand("nois", SEEDS)
+    with pytest.raises(ValueError, match="seeds repeat"):
+        expand("noise", [0, 0])
+
+
+@pytest.mark.parametrize("value, text", [(True, "true"), (False, "false"), (0.0, "0.0"), (0, "0"), (None, "null"), ("hard", "hard"), (1 / 16, "0.0625")])
+def test_values_read_back_as_yaml_does(value, text):
+    import yaml
+
+    assert format_value(value) == text and yaml.safe_load(text) == value
+
+
+# ---- a small `dvc exp show --json` fixture -------------------------------------------------
+
+def exp_state(name, params, metrics, error=None):
+    return {"rev": f"{abs(hash(name)):040x}"[:40], "name": name, "error": error, "experiments": None,
+            "data": None if error else {"rev": "x", "params": {"params.yaml": {"data": params}},
+                                         "metrics": {k: {"data": v} for k, v in metrics.items()}, "deps": {}, "outs": {}, "meta": {}}}
+
+
+def fake_run(seed, acc, teacher=0.80, baseline=0.84, pl=0.9, per=(0.85, 0.87)):
+    its = {"s1": {"teacher": "teacher", "arch": "a"}, "s2": {"teacher": "s1", "arch": "a"}, "s3": {"teacher": "s2", "arch": "a"}}
+    params = {"data": {"seed": seed}, "iterations": its}
+    accs = [*per, acc]
+    metrics = {"metrics/summary.json": {"teacher_test_acc": teacher, "baseline_test_acc": baseline, "student_test_acc": accs},
+               "metrics/s3/select.json": {"pseudo_label_acc_selected": pl}}
+    metrics.update({f"metrics/eval/s{i + 1}.json": {"top1": a, "ece": 0.2} for i, a in enumerate(accs)})
+    return params, metrics
+
+
+def show_fixture():
+    exps = []
+    def add(name, seed, acc, state="success", **kw):
+        p, m = fake_run(seed, acc, **kw)
+        err = {"msg": "failed to reproduce 'train_student@s1'", "type": "ReproductionError"} if state == "failed" else None
+        exps.append({"revs": [exp_state(name, p, m, err)], "executor": {"state": state, "name": None, "local": None}, "name": name})
+    for s, a in zip(SEEDS, (0.88, 0.89, 0.90)):
+        add(f"default-seed{s}", s, a, pl=0.93)
+    for s, a in zip(SEEDS, (0.85, 0.86, 0.87)):
+        add(f"no-noise-seed{s}", s, a, pl=0.91)
+    add("no-dropout-seed0", 0, 0.87)
+    add("no-dropout-seed1", 1, 0.895)
+    add("no-dropout-seed2", 2, 0.0, state="failed")
+    # no-randaugment-* and teacher-noised-* missing; no-stochastic-depth-seed0 still queued
+    exps.append({"revs": [{"rev": "q" * 40, "name": "no-stochastic-depth-seed0", "data": None, "error": None, "experiments": None}],
+                 "executor": {"state": "queued"}, "name": "no-stochastic-depth-seed0"})
+    return json.dumps([{"rev": "workspace", "name": None, "data": None, "error": None, "experiments": None},
+                       {"rev": "b" * 40, "name": "main", "data": None, "error": None, "experiments": exps}])
+
+
+def test_reading_dvc_exp_show():
+    recs = {r["name"]: r for r in experiments_from_show(show_fixture())}
+    assert len(recs) == 10
+    assert recs["default-seed1"]["status"] == "success" and recs["default-seed1"]["params"]["data.seed"] == 1
+    assert recs["default-seed1"]["metrics"]["metrics/eval/s3.json:top1"] == 0.89
+    assert recs["no-dropout-seed2"]["status"] == "failed" and "train_student@s1" in recs["no-dropout-seed2"]["error"]
+    assert recs["no-stochastic-depth-seed0"]["status"] == "queued"
+
+
+def test_report_builder_counts_what_finished_and_lists_the_rest(tmp_path):
+    recs = experiments_from_show(show_fixture())
+    frame, problems = collect(recs, "noise", SEEDS)
+    assert len(frame) == 3 + 3 + 2
+    text = "\n".join(problems)
+    assert "`no-dropout-seed2` (no-dropout, seed 2): failed: failed to reproduce 'train_student@s1'" in text
+    assert "`no-randaugment-seed0` (no-randaugment, seed 0): no such experiment" in text
+    assert "`no-stochastic-depth-seed0` (no-stochastic-depth, seed 0): queued" in text
+    assert len(problems) == 3 + 3 + 1 + 3  # failed, randaugment x3, queued + 2 missing sd, teacher-noised x3
+
+    t = table(frame, "noise", SEEDS).set_index("variant")
+    assert t.loc["full", "seeds"] == "3/3" and t.loc["full", "test top-1 %"] == "89.0 ± 1.0"
+    assert t.loc["full", "gain over teacher (points)"] == "+9.0 ± 1.0" and t.loc["full", "gain over baseline (points)"] == "+5.0 ± 1.0"
+    assert t.loc["no-dropout", "seeds"] == "2/3" and t.loc["no-dropout", "test top-1 %"] == f"{100 * np.mean([0.87, 0.895]):.1f} ± {100 * np.std([0.87, 0.895], ddof=1):.1f}"
+    assert t.loc["teacher-noised", "seeds"] == "0/3" and t.loc["teacher-noised", "test top-1 %"] == "n/a"
+
+    f = "\n".join(findings(frame, "noise"))
+    assert "Removing all noise lowers accuracy" in f and "**supported (3/3 seeds)**" in f and "+3.00 ± 0.00 points" in f
+    assert "Removing dropout lowers accuracy" in f and "**mixed (1/2 seeds)**" in f  # seed 0: 88 vs 87; seed 1: 89 vs 89.5
+    assert "cannot be judged here (full and teacher-noised" in f
+
+    page = build(recs, ["noise", "iterations"], SEEDS, tmp_path / "abl").read_text()
+    assert "## noise" in page and "## iterations" in page and "Not counted:" in page and "![iterations](iterations.png)" in page
+    assert "iteration 1: +" in page  # the chain's per-iteration accuracies (the default runs)
+    assert (tmp_path / "abl/iterations.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("suite", sorted(SUITES))
+def test_every_variant_is_valid_params(tmp_path, suite):
+    """Each variant's overrides on the repository's params.yaml pass the params reader, so no
+    queued experiment can fail on a typo'd key or a value out of range."""
+    import yaml
+
+    from conftest import ROOT
+    from noisystudent.params import load_params
+
+    for run in expand(suite, [1]):
+        raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+        for key, value in run.overrides.items():
+            node, *path = raw, *key.split(".")
+            for k in path[:-1]:
+                node = node[k]
+            assert path[-1] in node or key in ("pseudo.noised", "select.balance", "select.unlabeled_fraction", "student.init"), key
+            node[path[-1]] = yaml.safe_load(format_value(value))  # what `-S key=value` writes
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+        p = load_params(tmp_path / "params.yaml")
+        assert p.train.seed == p.data.seed == p.select.seed == 1, run.name
