@@ -61,6 +61,8 @@ def ablate(
     variant x seed, named <variant>-seed<N>; every suite's default variant is the one experiment
     default-seed<N>), run the queue and wait. Experiments that
     already finished under that name are skipped, so a stopped suite resumes."""
+    import subprocess
+    import sys
     import time
 
     from .ablation import queue_plan
@@ -87,18 +89,23 @@ def ablate(
     if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
         # workers inherit this: each takes its share of the cores instead of all of them
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
-    _dvc("queue", "start", "-j", str(jobs))
+    # `dvc queue start` may stay in the foreground until the queue is empty: poll beside it
+    starter = subprocess.Popen([sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     names = {r.name for r in todo}
     with progress("ablate", total=len(todo), unit="exp") as bar:
         finished: dict[str, str] = {}
         while len(finished) < len(names):
             time.sleep(20)
+            if starter.poll() not in (None, 0):
+                raise typer.BadParameter(f"dvc queue start failed ({starter.returncode}): {starter.stderr.read()[-2000:]}")
             # `dvc queue status` is cheap (no experiment collection) and sees every baseline commit
             for line in _dvc("queue", "status").splitlines():
                 cols = line.split()
                 if len(cols) >= 4 and cols[1] in names and cols[-1] in ("Success", "Failed") and cols[1] not in finished:
                     finished[cols[1]] = cols[-1].lower()
                     bar.advance()
+    starter.wait()
     failed = sorted(n for n, s in finished.items() if s == "failed")
     typer.echo(f"{len(todo)} experiments in {time.time() - t0:.0f} s; failed: {', '.join(failed) or 'none'}"
                + ("  (`dvc queue logs <name>` shows why)" if failed else ""))

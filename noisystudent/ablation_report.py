@@ -112,11 +112,12 @@ def verdict(diffs: np.ndarray) -> str:
 
 
 def _claim(frame: pd.DataFrame, claim: str, a: str, b: str, col: str = "acc") -> str:
+    what = {"acc": "test top-1", "pl_acc": "pseudo-label accuracy"}[col]
     d, seeds = paired(frame, a, b, col)
     if len(d) == 0:
         return f"- {claim}: cannot be judged here ({a} and {b} have no finished seed in common)."
     spread = f" ± {100 * d.std(ddof=1):.2f}" if len(d) > 1 else ""
-    return (f"- {claim}: **{verdict(d)}**. {a} − {b}: {100 * d.mean():+.2f}{spread} points of test top-1 "
+    return (f"- {claim}: **{verdict(d)}**. {a} − {b}: {100 * d.mean():+.2f}{spread} points of {what} "
             f"(per seed {', '.join(f'{100 * x:+.2f}' for x in d)}; seeds {seeds}).")
 
 
@@ -209,6 +210,12 @@ def build(records: list[dict], suites: list[str], seeds: list[int], out: Path) -
                 md += [f"![{s}]({png.name})", ""]
             if problems:
                 md += ["Not counted:", "", *[f"- {p}" for p in problems], ""]
+            if len(frame):  # the raw figures, to check against `dvc exp show`
+                raw = frame.assign(**{c: (100 * frame[c]).round(2) for c in ("teacher", "baseline", "acc", "pl_acc", "ece")})
+                raw = raw[["experiment", "variant", "seed", "teacher", "baseline", "acc", "pl_acc", "ece"]].rename(columns={
+                    "teacher": "teacher top-1 %", "baseline": "baseline top-1 %", "acc": "last student top-1 %",
+                    "pl_acc": "its pseudo-label acc %", "ece": "its ECE %"})
+                md += ["<details><summary>Per experiment</summary>", "", _markdown(raw), "</details>", ""]
         (tmp / "report.md").write_text("\n".join(md).rstrip() + "\n")
     return out / "report.md"
 

@@ -83,3 +83,9 @@ def test_gallery_shows_corrections_first_then_regressions_then_agreements():
     assert gallery_rows(f, 2)["kind"].tolist() == ["corrected", "corrected"]
     many = pd.concat([f.iloc[[0]].assign(id=i) for i in range(10, 20)] + [f], ignore_index=True)  # 12 corrections
     assert gallery_rows(many, 6)["kind"].tolist() == ["corrected"] * 4 + ["regressed", "disagree"]
+
+
+def test_accuracy_curve(tmp_path):
+    t = pd.DataFrame({"x": [1, 0.5, 0.25, 0.125], "mean": [0.88, 0.87, 0.85, 0.84], "std": [0.01, 0.02, np.nan, 0.01]})
+    check_png(plots.accuracy_curve(t, tmp_path / "f.png", "fraction of the unlabeled pool", "accuracy vs data", logx=True),
+              plots.pixel_size("ablation"))
