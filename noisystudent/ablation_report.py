@@ -12,6 +12,7 @@ import pandas as pd
 
 from . import plots
 from .ablation import SUITES, experiment_name
+from .report import markdown_table
 
 
 def _iterations(params: dict) -> list[str]:
@@ -79,15 +80,15 @@ def _ms(x: pd.Series, scale: float = 100, fmt: str = ".1f", sign: bool = False) 
 def table(frame: pd.DataFrame, suite: str, seeds: list[int]) -> pd.DataFrame:
     """Per variant: seeds finished, test top-1 (last student), gains, pseudo-label accuracy,
     ECE, as mean ± std over seeds (%)."""
+    if len(frame) == 0:  # no finished run at all: the same columns, every figure n/a
+        frame = pd.DataFrame(columns=["variant", "acc", "gain_teacher", "gain_baseline", "pl_acc", "ece"])
     out = []
     for v in SUITES[suite]:
-        g = frame[frame["variant"] == v.name] if len(frame) else frame
-        out.append({"variant": v.name, "seeds": f"{len(g)}/{len(seeds)}",
-                     "test top-1 %": _ms(g["acc"]) if len(g) else "n/a",
-                     "gain over teacher (points)": _ms(g["gain_teacher"], sign=True) if len(g) else "n/a",
-                     "gain over baseline (points)": _ms(g["gain_baseline"], sign=True) if len(g) else "n/a",
-                     "pseudo-label acc %": _ms(g["pl_acc"]) if len(g) else "n/a",
-                     "ECE %": _ms(g["ece"]) if len(g) else "n/a", "what it changes": v.note})
+        g = frame[frame["variant"] == v.name]
+        out.append({"variant": v.name, "seeds": f"{len(g)}/{len(seeds)}", "test top-1 %": _ms(g["acc"]),
+                    "gain over teacher (points)": _ms(g["gain_teacher"], sign=True),
+                    "gain over baseline (points)": _ms(g["gain_baseline"], sign=True),
+                    "pseudo-label acc %": _ms(g["pl_acc"]), "ECE %": _ms(g["ece"]), "what it changes": v.note})
     return pd.DataFrame(out)
 
 
@@ -204,7 +205,7 @@ def build(records: list[dict], suites: list[str], seeds: list[int], out: Path) -
     with atomic_dir(out) as tmp:
         for s in suites:
             frame, problems = collect(records, s, seeds)
-            md += [f"## {s}", "", _markdown(table(frame, s, seeds)), "Findings:", "", *findings(frame, s), ""]
+            md += [f"## {s}", "", markdown_table(table(frame, s, seeds).to_dict("records")), "Findings:", "", *findings(frame, s), ""]
             png = suite_plot(frame, s, tmp / f"{s}.png")
             if png is not None:
                 md += [f"![{s}]({png.name})", ""]
@@ -215,13 +216,6 @@ def build(records: list[dict], suites: list[str], seeds: list[int], out: Path) -
                 raw = raw[["experiment", "variant", "seed", "teacher", "baseline", "acc", "pl_acc", "ece"]].rename(columns={
                     "teacher": "teacher top-1 %", "baseline": "baseline top-1 %", "acc": "last student top-1 %",
                     "pl_acc": "its pseudo-label acc %", "ece": "its ECE %"})
-                md += ["<details><summary>Per experiment</summary>", "", _markdown(raw), "</details>", ""]
+                md += ["<details><summary>Per experiment</summary>", "", markdown_table(raw.to_dict("records")), "</details>", ""]
         (tmp / "report.md").write_text("\n".join(md).rstrip() + "\n")
     return out / "report.md"
-
-
-def _markdown(t: pd.DataFrame) -> str:
-    cols = list(t.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in t.itertuples(index=False)]
-    return "\n".join(lines) + "\n"

@@ -25,7 +25,9 @@ def _read(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _table(rows: list[dict]) -> str:
+def markdown_table(rows: list[dict]) -> str:
+    """A Markdown table of dict rows (the first row's keys are the columns); shared with the
+    ablation report."""
     if not rows:
         return "_nothing measured_\n"
     cols = list(rows[0])
@@ -124,7 +126,7 @@ def build(p: Params, metrics: Path, out: Path, title: str) -> Path:
                f"mFR {_num(summary['teacher_mfr'])} -> {_num(summary['best_student_mfr'])}, FGSM accuracy at "
                f"{summary['fgsm_epsilon']:g}/255 {_pct(summary['teacher_fgsm_acc'])} -> {_pct(summary['best_student_fgsm_acc'])} % "
                "(CE and FR relative to the teacher = 100).", ""]
-    md += ["## Models", "", _table(models), "## Pseudo labels per iteration", "", _table(selection)]
+    md += ["## Models", "", markdown_table(models), "## Pseudo labels per iteration", "", markdown_table(selection)]
     with atomic_dir(out) as tmp:
         for section, figs in figures(p, metrics).items():
             present = [(cap, f) for cap, f in figs if f.exists()]
