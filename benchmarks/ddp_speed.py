@@ -33,12 +33,13 @@ sys.path.insert(0, str(ROOT))
 
 def train_once(params: Path, iteration: str, work: Path, nproc: int, seed: int, target: float) -> dict:
     raw = yaml.safe_load(params.read_text())
-    raw["train"].update(nproc=nproc, seed=seed, checkpoint_every=0)
+    raw["train"].update(nproc=nproc, seed=seed)
+    raw["speed"]["checkpoint_every"] = 0
     raw["mlflow"]["enabled"] = False
     cfg = work / f"params-{nproc}-{seed}.yaml"
     cfg.write_text(yaml.safe_dump(raw))
     out, metrics = work / f"{iteration}-{nproc}-{seed}.pt", work / f"{iteration}-{nproc}-{seed}.json"
-    cmd = [sys.executable, "-m", "stages.train_student", "--iteration", iteration, "--data", "data/prepared",
+    cmd = [sys.executable, "-m", "stages.train", "--model", iteration, "--data", "data/prepared",
            "--selected", f"data/pseudo/{iteration}/selected.parquet", "--out", str(out), "--metrics", str(metrics), "--params", str(cfg)]
     t0 = time.perf_counter()
     reached = None
@@ -51,7 +52,7 @@ def train_once(params: Path, iteration: str, work: Path, nproc: int, seed: int, 
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed with exit code {proc.returncode}")
     from noisystudent.params import load_params
-    from noisystudent.pipeline import evaluate_stage
+    from stages.evaluate import run as evaluate_stage
 
     test = evaluate_stage(load_params(cfg), iteration, ROOT / "data/prepared", out, work / "eval.json", work / "preds.csv")
     p = load_params(cfg)

@@ -63,7 +63,7 @@ def main(
     chans: Annotated[int, typer.Option(help="1 (grayscale) or 3")] = 1,
     batch_size: Annotated[Optional[int], typer.Option(help="default: pseudo.batch_size")] = None,
     precision: Annotated[Optional[str], typer.Option(help="fp32 | bf16 | fp16 | mixed (default: pseudo.precision)")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="DataLoader workers (default: data.num_workers)")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="DataLoader workers (default: speed.data_workers)")] = None,
     channels_last: Annotated[Optional[bool], typer.Option(help="default: train.channels_last")] = None,
     repeats: int = 3,
     params: Path = ROOT / "params.yaml",
@@ -71,15 +71,16 @@ def main(
     os.environ.setdefault("NS_QUIET", "1")
     from noisystudent.models import create_model
     from noisystudent.params import load_params
-    from noisystudent.pipeline import inference_runtime, pseudo_label_stage
+    from noisystudent.inference import inference_runtime
+    from stages.pseudo_label import run as pseudo_label_stage
 
     p = load_params(params)
     arch = arch or p.teacher.arch
     pseudo = p.pseudo.model_copy(update={k: v for k, v in {"batch_size": batch_size, "precision": precision}.items() if v is not None})
-    data = p.data.model_copy(update={"num_workers": p.data.num_workers if workers is None else workers})
+    speed = p.speed.model_copy(update={"data_workers": p.speed.data_workers if workers is None else workers})
     train = p.train.model_copy(update={"channels_last": p.train.channels_last if channels_last is None else channels_last})
-    p = p.model_copy(update={"pseudo": pseudo, "data": data, "train": train, "mlflow": p.mlflow.model_copy(update={"enabled": False})})
-    rt = inference_runtime(p, p.pseudo.precision)
+    p = p.model_copy(update={"pseudo": pseudo, "speed": speed, "train": train, "mlflow": p.mlflow.model_copy(update={"enabled": False})})
+    rt = inference_runtime(p.train.device, p.pseudo.precision, p.train.channels_last)
     work = Path(tempfile.mkdtemp(prefix="label_speed-"))
     try:
         synthetic_prepared(work / "data", n, size, chans)
@@ -100,7 +101,7 @@ def main(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     r, b = statistics.median(real), statistics.median(bare)
-    print(json.dumps({"arch": arch, "images": n, "image": [chans, size, size], "batch": p.pseudo.batch_size, "workers": p.data.num_workers,
+    print(json.dumps({"arch": arch, "images": n, "image": [chans, size, size], "batch": p.pseudo.batch_size, "workers": p.speed.data_workers,
                       "threads": torch.get_num_threads(), **rt.describe(), "repeats": repeats,
                       "real_images_per_s": round(r, 1), "bare_images_per_s": round(b, 1), "ratio": round(r / b, 3),
                       # each repeat's real / bare, measured back to back: robust to the machine's drift

@@ -26,10 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("NS_QUIET", "1")
 
 from noisystudent.params import Params  # noqa: E402
-from noisystudent.pipeline import (  # noqa: E402
-    _accuracy, evaluate_stage, load_model, prepare_stage, pseudo_label_stage, select_stage, train_stage,
-)
+from noisystudent.checkpoint import load_model  # noqa: E402
 from noisystudent.data import Prepared  # noqa: E402
+from noisystudent.inference import accuracy  # noqa: E402
+from stages.evaluate import run as evaluate_stage  # noqa: E402
+from stages.prepare import run as prepare_stage  # noqa: E402
+from stages.pseudo_label import run as pseudo_label_stage  # noqa: E402
+from stages.select import run as select_stage  # noqa: E402
+from stages.train import run as train_stage  # noqa: E402
 from noisystudent.transforms import eval_transform  # noqa: E402
 
 NO_NOISE = {"noise.randaugment_n": 0, "noise.dropout": 0.0, "noise.drop_path": 0.0}
@@ -50,15 +54,16 @@ def run_once(raw: dict, work: Path) -> dict:
     prepare_stage(p, data)
     train_stage(p, "teacher", data, work / "teacher.pt", work / "teacher.json")
     out = {}
-    for name in p.eval.models:
+    for name in ["teacher", *p.iterations]:
         if name != "teacher":
             it = p.iterations[name]
             pseudo_label_stage(p, name, data, work / f"{it.teacher}.pt", work / f"{name}_labels")
             select_stage(p, name, data, work / f"{name}_labels", work / f"{name}_sel.parquet", work / f"{name}_sel.json")
-            train_stage(p, name, data, work / f"{name}.pt", work / f"{name}.json", work / f"{name}_sel.parquet")
+            train_stage(p, name, data, work / f"{name}.pt", work / f"{name}.json", work / f"{name}_sel.parquet",
+                        teacher_ckpt=work / f"{it.teacher}.pt")
         m = evaluate_stage(p, name, data, work / f"{name}.pt", work / f"{name}_eval.json", work / f"{name}_pred.csv")
         model, ckpt = load_model(work / f"{name}.pt")
-        val = _accuracy(p, model, Prepared.load(data), "val", eval_transform(ckpt["data_config"]))
+        val = accuracy(model, Prepared.load(data), "val", eval_transform(ckpt["data_config"]))
         out[name] = {"val": val, "test": m["top1"]}
     return out
 

@@ -12,8 +12,9 @@ from .cli import app
 cli = app(__doc__)
 
 # in the pipeline's order; `dvc dag` draws the graph, dvc.yaml holds each stage's arguments
-STAGES = ["prepare", "train_teacher", "pseudo_label", "select", "train_student", "gallery", "evaluate", "corrupt",
-          "robustness", "summary", "report"]
+# (stages/train.py serves train_teacher, train_baseline and train_student@*; stages/robustness.py
+# serves robustness_teacher and robustness@*)
+STAGES = ["prepare", "train", "pseudo_label", "select", "gallery", "evaluate", "corrupt", "robustness", "summary", "report"]
 for _name in STAGES:
     try:
         _mod = importlib.import_module(f"stages.{_name}")

@@ -18,7 +18,8 @@ class Variant:
 
 # every seed varies the split, the training draws and the balancing draws together
 SEED_KEYS = ("data.seed", "train.seed", "select.seed")
-EQUAL = {"iterations.s2.arch": "ns_resnet_s", "iterations.s3.arch": "ns_resnet_s"}  # students as large as the teacher
+# students as large as the teacher, and the baseline in their architecture (the paper's comparison)
+EQUAL = {"iterations.s2.arch": "ns_resnet_s", "iterations.s3.arch": "ns_resnet_s", "baseline.arch": "ns_resnet_s"}
 
 SUITES: dict[str, list[Variant]] = {
     "noise": [

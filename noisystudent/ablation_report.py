@@ -33,16 +33,14 @@ def run_figures(rec: dict) -> dict:
     if not its:
         raise KeyError("no iterations in its params")
     last = its[-1]
-    get = lambda key: m[key]  # noqa: E731 - a KeyError names the missing metric
-    acc = get(f"metrics/eval/{last}.json:top1")
+    s = lambda key: m[f"metrics/summary.json:{key}"]  # noqa: E731 - a KeyError names the missing metric
+    acc = s(f"test_acc.{last}")
     return {
-        "acc": acc, "teacher": get("metrics/summary.json:teacher_test_acc"),
-        "baseline": get("metrics/summary.json:baseline_test_acc"),
-        "gain_teacher": acc - get("metrics/summary.json:teacher_test_acc"),
-        "gain_baseline": acc - get("metrics/summary.json:baseline_test_acc"),
-        "pl_acc": m.get(f"metrics/{last}/select.json:pseudo_label_acc_selected", np.nan),
-        "ece": get(f"metrics/eval/{last}.json:ece"),
-        "per_iteration": [get("metrics/summary.json:teacher_test_acc")] + [get(f"metrics/eval/{i}.json:top1") for i in its],
+        "acc": acc, "teacher": s("teacher_test_acc"), "baseline": s("baseline_test_acc"),
+        "gain_teacher": acc - s("teacher_test_acc"), "gain_baseline": acc - s("baseline_test_acc"),
+        "pl_acc": m.get(f"metrics/summary.json:pseudo_label_acc.{last}", np.nan),
+        "ece": s(f"test_ece.{last}"),
+        "per_iteration": [s("teacher_test_acc")] + [s(f"test_acc.{i}") for i in its],
     }
 
 

@@ -114,18 +114,19 @@ def _write_images(path: Path, parts: list[np.ndarray], chunk: int = 4096) -> Non
         del out
 
 
-def prepare(out_dir: Path, dp: DataParams) -> dict:
+def prepare(out_dir: Path, dp: DataParams, workers: int = 0) -> dict:
     """Load the source named by `dp`, drop unusable files, split, and write the folder (as
-    a whole: a killed prepare leaves the previous folder or none)."""
+    a whole: a killed prepare leaves the previous folder or none). `workers` decode in
+    parallel; they never change what is written."""
     with atomic_dir(out_dir) as tmp:
-        return _prepare(tmp, dp)
+        return _prepare(tmp, dp, workers)
 
 
-def _prepare(out_dir: Path, dp: DataParams) -> dict:
+def _prepare(out_dir: Path, dp: DataParams, workers: int) -> dict:
     src = load_source(dp.name, Path(dp.root), dp.download, dp.image_size)
     bad, converted, in_chans = [], Counter(), None
     if src.is_files:
-        bad, converted, in_chans = _drop_bad_files(src, dp.num_workers, dp.max_pixels)
+        bad, converted, in_chans = _drop_bad_files(src, workers, dp.max_pixels)
         _check_usable(src)
     else:
         im = src.train.images
@@ -171,6 +172,7 @@ def _prepare(out_dir: Path, dp: DataParams) -> dict:
         "dataset": src.name,
         "storage": "files" if src.is_files else "array",
         "root": dp.root if src.is_files else None,
+        "max_pixels": dp.max_pixels,  # later stages decode files under the same limit
         "num_classes": len(src.class_names),
         "in_chans": int(in_chans),
         "image_size": None if src.is_files else int(src.train.images.shape[1]),
@@ -247,7 +249,7 @@ class Prepared:
     images: ArrayImages | FileImages
 
     @classmethod
-    def load(cls, root: Path, max_pixels: int = 64_000_000) -> "Prepared":
+    def load(cls, root: Path) -> "Prepared":
         root = Path(root)
         if not (root / "meta.json").exists():
             raise FileNotFoundError(f"{root / 'meta.json'} is missing: run the prepare stage first")
@@ -255,7 +257,7 @@ class Prepared:
         mode = "L" if meta["in_chans"] == 1 else "RGB"
         if meta.get("storage") == "files":
             paths = pq.read_table(root / "files.parquet", columns=["path"]).column("path").combine_chunks()
-            images: ArrayImages | FileImages = FileImages(Path(meta["root"]), paths, mode, max_pixels)
+            images: ArrayImages | FileImages = FileImages(Path(meta["root"]), paths, mode, meta["max_pixels"])
         else:
             images = ArrayImages(root / "images.npy", mode)
         return cls(root, meta, images)

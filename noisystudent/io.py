@@ -21,10 +21,6 @@ class InputError(ValueError):
     as one line naming the file, without a traceback."""
 
 
-class CheckpointError(InputError):
-    pass
-
-
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
@@ -111,16 +107,3 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """weights_only=True: a checkpoint is data; one carrying pickled code is refused."""
-    import torch
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} not found: did its training stage run?")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError for anything beyond plain data
-        raise CheckpointError(f"{path}: refused to load (not a plain-data checkpoint): {e}") from None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -34,7 +34,6 @@ class DataParams(_Section):
     val_per_class: PosInt = 10  # carved from train unless the source has a val split
     test_per_class: PosInt | None = 40  # digits: carved from the pool; others: cap on the test split (None: all)
     max_pixels: PosInt = 64_000_000  # larger images are refused (decompression bombs)
-    num_workers: Annotated[int, Field(ge=0)] = 0  # DataLoader workers decoding images (prepare, labeling, eval)
 
     @model_validator(mode="after")
     def _source(self) -> "DataParams":
@@ -75,8 +74,9 @@ class TeacherParams(NoiseParams):
 class BaselineParams(_Section):
     """The supervised baseline (stage train_baseline): the teacher's recipe (its noise and
     steps, section `teacher`) on the labeled images alone, in the students' architecture: what
-    the students would reach without the unlabeled data, the paper's comparison."""
-    arch: str | None = None  # null = the last iteration's architecture
+    the students would reach without the unlabeled data, the paper's comparison. Named, not
+    derived from `iterations`: the stage then depends on this one key, not on the chain."""
+    arch: str = "ns_resnet_m"  # the paper's comparison: the (last) students' architecture
 
 
 Precision = Literal["fp32", "bf16", "fp16", "mixed"]
@@ -91,15 +91,16 @@ class TrainParams(_Section):
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.1
     warmup_steps: Annotated[int, Field(ge=0)] = 20
     seed: int = 0  # model init and batch order; iteration i trains with seed + i
-    num_threads: Annotated[int, Field(ge=0)] = 0  # 0 = torch default
-    checkpoint_every: Annotated[int, Field(ge=0)] = 100  # steps between resume checkpoints (models/.resume/); 0 = none
     ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.999  # 0 = off; else val, test and labeling use the EMA weights
-    # how it runs (see noisystudent/runtime.py); speed only, except precision and nproc
+    # where and how it runs (noisystudent/runtime.py): these can change the numbers, so they
+    # stay dependencies; what only changes the speed is in section `speed`
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees a GPU
+    # torch's intra-op threads (0: torch's default, the core count): on the CPU they split the
+    # sums differently, so the numbers change with them (tests/test_deps.py measured it)
+    num_threads: Annotated[int, Field(ge=0)] = 0
     precision: Precision = "fp32"  # mixed: bf16 where the hardware has it, else fp16 + gradient scaler
     channels_last: bool = False
     compile: bool = False  # torch.compile the model (first steps are slow while it compiles)
-    workers: Annotated[int, Field(ge=0)] = 0  # training DataLoader workers (persistent, prefetching)
     nproc: PosInt = 1  # > 1: the stage re-runs itself under `torchrun --nproc_per_node nproc` (DDP)
 
     @model_validator(mode="after")
@@ -108,6 +109,15 @@ class TrainParams(_Section):
         if self.batch_size % self.nproc:
             raise ValueError(f"batch_size: {self.batch_size} does not split over nproc={self.nproc} processes (make it a multiple)")
         return self
+
+
+class SpeedParams(_Section):
+    """How fast, never what: no stage depends on these (tests/test_deps.py proves each one
+    result-neutral: changing it leaves every model and metric byte-identical), so tuning them
+    re-runs nothing. torch's thread count is not here: it changes the numbers (train.num_threads)."""
+    train_workers: Annotated[int, Field(ge=0)] = 0  # training DataLoader workers (persistent, prefetching)
+    data_workers: Annotated[int, Field(ge=0)] = 0  # DataLoader workers decoding images (prepare, labeling, evaluation)
+    checkpoint_every: Annotated[int, Field(ge=0)] = 100  # steps between resume checkpoints (models/.resume/); 0 = none
 
 
 class PseudoParams(_Section):
@@ -134,39 +144,32 @@ class Iteration(_Section):
     allow_smaller: bool = False  # the paper's students are equal or larger; opt in to a smaller one
 
 
+# the robustness test's vocabulary (implemented in robustness.py, which a test holds to these)
+Corruption = Literal[
+    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
+    "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
+]
+Perturbation = Literal["gaussian_noise", "shot_noise", "rotate", "scale", "translate", "tilt", "brightness"]
+CORRUPTIONS: tuple[str, ...] = get_args(Corruption)
+PERTURBATIONS: tuple[str, ...] = get_args(Perturbation)
+
+
 class RobustnessParams(_Section):
     """The paper's robustness measurements (stages corrupt, robustness*; see robustness.py)."""
     num_images: PosInt = 200  # test images used (the first of a seeded, class-stratified order)
-    corruptions: list[str] = Field(default_factory=lambda: list(_robustness().CORRUPTIONS))
+    corruptions: list[Corruption] = Field(default_factory=lambda: list(CORRUPTIONS), min_length=1)
     severities: list[Annotated[int, Field(ge=1, le=5)]] = Field(default_factory=lambda: [1, 2, 3, 4, 5], min_length=1)
-    perturbations: list[str] = Field(default_factory=lambda: list(_robustness().PERTURBATIONS))
+    perturbations: list[Perturbation] = Field(default_factory=lambda: list(PERTURBATIONS), min_length=1)
     frames: Annotated[int, Field(ge=2)] = 8  # images per perturbation sequence
     epsilons: list[Annotated[float, Field(ge=0, le=64)]] = Field(default_factory=lambda: [0, 1, 2, 4, 8, 16], min_length=1)  # FGSM, 0-255 scale
     fgsm_epsilon: Annotated[float, Field(ge=0, le=64)] = 4  # the one reported in the summary; must be in epsilons
     seed: int = 0
-
-    @field_validator("corruptions", "perturbations")
-    @classmethod
-    def _known(cls, names: list[str], info) -> list[str]:
-        known = _robustness().CORRUPTIONS if info.field_name == "corruptions" else _robustness().PERTURBATIONS
-        bad = [n for n in names if n not in known]
-        if bad:
-            raise ValueError(f"unknown {info.field_name[:-1]} {bad}; known: {', '.join(known)}")
-        if not names:
-            raise ValueError("at least one is needed")
-        return names
 
     @model_validator(mode="after")
     def _reported_eps_measured(self) -> "RobustnessParams":
         if self.fgsm_epsilon not in self.epsilons:
             raise ValueError(f"fgsm_epsilon: {self.fgsm_epsilon:g} must be one of epsilons {self.epsilons}")
         return self
-
-
-def _robustness():
-    from . import robustness
-
-    return robustness
 
 
 class GalleryParams(_Section):
@@ -199,6 +202,7 @@ class Params(_Section):
     student: StudentParams = StudentParams()
     noise: NoiseParams = NoiseParams()
     train: TrainParams = TrainParams()
+    speed: SpeedParams = SpeedParams()
     pseudo: PseudoParams = PseudoParams()
     select: SelectParams = SelectParams()
     iterations: dict[str, Iteration] = Field(default_factory=dict)
@@ -226,8 +230,7 @@ class Params(_Section):
         from .models import check_arch  # timm import is slow; only validated here
 
         check_arch(self.teacher.arch, "teacher.arch")
-        if self.baseline.arch is not None:
-            check_arch(self.baseline.arch, "baseline.arch")
+        check_arch(self.baseline.arch, "baseline.arch")
         for name, it in self.iterations.items():
             check_arch(it.arch, f"iterations.{name}.arch")
         return self
@@ -266,8 +269,14 @@ class Params(_Section):
         if model == "teacher":
             return self.teacher.arch
         if model == "baseline":
-            return self.baseline.arch or list(self.iterations.values())[-1].arch
+            return self.baseline.arch
         return self.iterations[model].arch
+
+
+def unwrap(p):
+    """The plain params behind a recording view (tests/paramtrace.py), or `p` itself: for
+    reads that change no result (what MLflow logs), which must not count as dependencies."""
+    return getattr(p, "__wrapped__", p)
 
 
 class ParamsError(ValueError):

@@ -89,3 +89,13 @@ def pseudo_label_accuracy(frame: pd.DataFrame, truth: pd.Series) -> float:
     if len(frame) == 0:
         return 0.0
     return float((frame["label"].to_numpy() == truth.loc[frame["id"]].to_numpy()).mean())
+
+
+def targets(selected: pd.DataFrame, num_classes: int, mode: str, smoothing: float) -> np.ndarray:
+    """A student's training targets for its selected rows: the soft labels as they are, or
+    one-hot hard labels with the same label smoothing as labeled images (official code)."""
+    if mode == "soft":
+        return np.stack(selected["probs"].to_numpy()).astype(np.float32)
+    t = np.full((len(selected), num_classes), smoothing / num_classes, dtype=np.float32)
+    t[np.arange(len(selected)), selected["label"].to_numpy()] += 1.0 - smoothing
+    return t

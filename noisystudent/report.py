@@ -3,7 +3,6 @@
 GitHub), the tables behind them, and the params that made them. Nothing is measured here."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pandas as pd
 
 from . import plots
 from .params import Params
+from .results import best_student, maybe_json, model_table, read_json
 
 
 def _pct(v) -> str:
@@ -19,10 +19,6 @@ def _pct(v) -> str:
 
 def _num(v, fmt: str = ".1f") -> str:
     return "" if v is None or pd.isna(v) else format(v, fmt)
-
-
-def _read(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -36,42 +32,38 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _trained_on(p: Params, name: str) -> str:
+def teachers(p: Params, metrics: Path) -> dict[str, str]:
+    """Each student's teacher, as its select stage recorded it (the report then depends on
+    what was run, not on the `iterations` params)."""
+    return {n: (maybe_json(metrics / "select" / f"{n}.json") or {}).get("teacher", "?") for n in p.iterations}
+
+
+def _trained_on(p: Params, name: str, teacher: dict[str, str]) -> str:
     if name == "teacher":
         return "labeled"
     if name == "baseline":
         return "labeled (supervised baseline: the teacher's recipe)"
-    return f"labeled + {p.iterations[name].teacher}'s labels"
+    return f"labeled + {teacher[name]}'s labels"
 
 
-def model_rows(p: Params, metrics: Path) -> list[dict]:
-    """Per evaluated model: architecture, test accuracy and calibration, robustness, and the
-    accuracy of the pseudo labels it was trained on (students)."""
-    rows = []
-    for name in p.eval.models:
-        ev = _read(metrics / "eval" / f"{name}.json")
-        if ev is None:
-            raise FileNotFoundError(f"{metrics / 'eval' / f'{name}.json'} is missing: evaluate@{name} has not run")
-        rob = _read(metrics / "robustness" / f"{name}.json") or {}
-        sel = _read(metrics / name / "select.json") or {}
-        rows.append({
-            "model": name, "trained on": _trained_on(p, name),
-            "arch": ev["arch"], "params": f"{ev['num_params']:,}",
-            "test top-1 %": _pct(ev["top1"]), "top-5 %": _pct(ev["top5"]), "ECE %": _pct(ev["ece"]),
-            "mCE": _num(rob.get("mce")), "mFR": _num(rob.get("mfr")),
-            f"FGSM@{p.eval.robustness.fgsm_epsilon:g} %": _pct(rob.get("fgsm_acc")),
-            "pseudo-label acc (selected) %": _pct(sel.get("pseudo_label_acc_selected")),
-        })
-    return rows
+def model_rows(p: Params, table: pd.DataFrame, teacher: dict[str, str]) -> list[dict]:
+    """Per evaluated model (results.model_table): architecture, test accuracy and calibration,
+    robustness, and the accuracy of the pseudo labels it was trained on (students)."""
+    return [{
+        "model": r.model, "trained on": _trained_on(p, r.model, teacher), "arch": r.arch, "params": f"{r.num_params:,}",
+        "test top-1 %": _pct(r.test_acc), "top-5 %": _pct(r.test_top5), "ECE %": _pct(r.test_ece),
+        "mCE": _num(r.mce), "mFR": _num(r.mfr), f"FGSM@{p.eval.robustness.fgsm_epsilon:g} %": _pct(r.fgsm_acc),
+        "pseudo-label acc (selected) %": _pct(r.pseudo_label_acc),
+    } for r in table.itertuples()]
 
 
 def selection_rows(p: Params, metrics: Path) -> list[dict]:
     rows = []
-    for name, it in p.iterations.items():
-        s = _read(metrics / name / "select.json")
+    for name in p.iterations:
+        s = maybe_json(metrics / "select" / f"{name}.json")
         if s is None:
             continue
-        rows.append({"iteration": name, "teacher": it.teacher, "pseudo-labeled": s["pseudo_labeled"],
+        rows.append({"iteration": name, "teacher": s.get("teacher", "?"), "pseudo-labeled": s["pseudo_labeled"],
                      f"conf >= {p.select.threshold:g}": s["kept_after_threshold"],
                      "selected (unique)": f"{s['selected']} ({s['unique']})",
                      "mean confidence": _num(s["mean_confidence"], ".3f"),
@@ -84,13 +76,13 @@ def figures(p: Params, metrics: Path) -> dict[str, list[tuple[str, Path]]]:
     """Section -> [(caption, PNG a stage drew, or a training history CSV the report draws)],
     in reading order; missing files are left out (a pipeline without robustness, say) and
     listed on the page (`missing_figures`)."""
-    its, models = list(p.iterations), list(p.eval.models)
+    its, models, teacher = list(p.iterations), list(p.eval.models), teachers(p, metrics)
     return {
         "Accuracy per iteration": [("test top-1 (and mCE) per model", metrics / "summary.png")],
         "Where the student corrects the teacher (the paper's Figure 1)": [
-            (f"{n} against its teacher ({p.iterations[n].teacher})", metrics / n / "gallery.png") for n in its],
+            (f"{n} against its teacher ({teacher[n]})", metrics / n / "gallery.png") for n in its],
         "Pseudo labels: confidence and class balance": [
-            x for n in its for x in ((f"{n}: confidence of {p.iterations[n].teacher}'s labels", metrics / n / "confidence.png"),
+            x for n in its for x in ((f"{n}: confidence of {teacher[n]}'s labels", metrics / n / "confidence.png"),
                                      (f"{n}: per class, before and after balancing", metrics / n / "classes.png"))],
         "Training curves": [(m, metrics / m / "history.csv") for m in models],
         "Confusion matrices (test)": [(m, metrics / "eval" / f"{m}_predictions.png") for m in models],
@@ -107,24 +99,24 @@ def build(p: Params, metrics: Path, out: Path, title: str) -> Path:
     folder and swaps it in whole, so a failure leaves the previous report intact."""
     from .io import atomic_dir
 
-    summary = _read(metrics / "summary.json")
-    if summary is None:
-        raise FileNotFoundError(f"{metrics / 'summary.json'} is missing: run the summary stage first")
-    models, selection = model_rows(p, metrics), selection_rows(p, metrics)
+    summary = read_json(metrics / "summary.json", "the summary stage")
+    table = model_table(list(p.eval.models), metrics / "eval", metrics / "robustness", metrics / "select")
+    best = best_student(table)
+    models, selection = model_rows(p, table, teachers(p, metrics)), selection_rows(p, metrics)
     chain = " -> ".join(["teacher", *p.iterations])
     md = [f"# Noisy Student: {title}", "",
           f"Dataset `{p.data.name}` ({p.data.labeled_per_class if p.data.labeled_per_class is not None else 'all'} labeled per class), "
           f"chain {chain}; student noise: RandAugment {p.noise.randaugment_n}x{p.noise.randaugment_m:g}, dropout {p.noise.dropout:g}, "
           f"stochastic depth {p.noise.drop_path:g}; {p.student.targets} pseudo labels, threshold {p.select.threshold:g}, "
           f"{p.select.per_class} per class; seed {p.train.seed}.", "",
-          f"**Best student {summary['best_student']}: {_pct(summary['best_student_test_acc'])} % test top-1, teacher "
+          f"**Best student {best}: {_pct(summary['best_student_test_acc'])} % test top-1, teacher "
           f"{_pct(summary['teacher_test_acc'])} % ({100 * summary['gain_over_teacher']:+.1f} points), supervised baseline "
           f"({p.arch_of('baseline')}, labeled images only) {_pct(summary['baseline_test_acc'])} % "
           f"({100 * summary['gain_over_baseline']:+.1f} points).**", ""]
     if "best_student_mce" in summary:
         md += [f"Robustness, teacher -> best student: mCE {_num(summary['teacher_mce'])} -> {_num(summary['best_student_mce'])}, "
                f"mFR {_num(summary['teacher_mfr'])} -> {_num(summary['best_student_mfr'])}, FGSM accuracy at "
-               f"{summary['fgsm_epsilon']:g}/255 {_pct(summary['teacher_fgsm_acc'])} -> {_pct(summary['best_student_fgsm_acc'])} % "
+               f"{p.eval.robustness.fgsm_epsilon:g}/255 {_pct(summary['teacher_fgsm_acc'])} -> {_pct(summary['best_student_fgsm_acc'])} % "
                "(CE and FR relative to the teacher = 100).", ""]
     md += ["## Models", "", markdown_table(models), "## Pseudo labels per iteration", "", markdown_table(selection)]
     with atomic_dir(out) as tmp:

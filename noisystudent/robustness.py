@@ -14,21 +14,21 @@
   noise sequences, against the previous frame otherwise.
 - FGSM: one signed-gradient step of size eps/255 in pixel space (0..1), untargeted.
 
-Metric functions are pure (numpy in, numbers out); the stage code is in pipeline.py.
+Metric functions are pure (numpy in, numbers out); `score` applies them to one model over the
+set the corrupt stage made (stages/corrupt.py, stages/robustness.py).
 """
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-CORRUPTIONS = (
-    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
-    "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
-)
-PERTURBATIONS = ("gaussian_noise", "shot_noise", "rotate", "scale", "translate", "tilt", "brightness")
+from .params import CORRUPTIONS, PERTURBATIONS  # the names params.yaml may use
+
 NOISE_SEQUENCES = ("gaussian_noise", "shot_noise")  # compared with the first frame, not the previous
 MIN_SIZE = 32  # imagecorruptions refuses smaller images
 
@@ -180,3 +180,87 @@ def fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, n
     loss = torch.nn.functional.cross_entropy(model(normalize(x)), y)
     (grad,) = torch.autograd.grad(loss, x)
     return (x + eps * grad.sign()).clamp(0, 1).detach()
+
+
+# ---- one model over the corrupt stage's set ---------------------------------------------
+
+
+def stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
+    """Positions ordered class by class in turns (a seeded order within each class), so the
+    first k hold the classes in equal numbers."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    rank = np.empty(len(labels), dtype=np.int64)
+    for c in classes:
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        rank[idx] = np.arange(len(idx))
+    return np.lexsort((np.searchsorted(classes, labels), rank))
+
+
+def predict_arrays(model: torch.nn.Module, images: np.ndarray, cfg: dict, batch_size: int) -> np.ndarray:
+    """Predicted classes of uint8 images (already at the robustness size), preprocessed as the
+    model's own data config says (resized only when its input size differs)."""
+    from .transforms import pixels_to_model_input
+
+    preds = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch_size):
+            x, normalize = pixels_to_model_input(np.asarray(images[i : i + batch_size]), cfg)
+            preds.append(model(normalize(x)).argmax(1).numpy())
+    return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
+
+
+def fgsm_accuracy(model: torch.nn.Module, clean: np.ndarray, labels: np.ndarray, cfg: dict, epsilons, batch_size: int) -> dict[str, float]:
+    """Accuracy under FGSM per epsilon (0-255 scale), keyed by the epsilon as text."""
+    from .transforms import pixels_to_model_input
+
+    x, normalize = pixels_to_model_input(clean, cfg)
+    y = torch.from_numpy(labels)
+    out = {}
+    for eps in epsilons:
+        accs = []
+        for i in range(0, len(y), batch_size):
+            xa = fgsm(model, x[i : i + batch_size], y[i : i + batch_size], eps / 255.0, normalize)
+            with torch.inference_mode():
+                accs.append((model(normalize(xa)).argmax(1) == y[i : i + batch_size]).float())
+        out[f"{eps:g}"] = float(torch.cat(accs).double().mean())
+    return out
+
+
+def score(model: torch.nn.Module, cfg: dict, folder, epsilons, batch_size: int) -> dict:
+    """A model's raw figures on the corrupt stage's `folder`: clean error, error per
+    corruption and severity, flip probability per perturbation, FGSM accuracy per epsilon."""
+    folder = Path(folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    labels, clean = np.load(folder / "labels.npy"), np.load(folder / "clean.npy")
+    corrupted = np.load(folder / "corrupted.npy", mmap_mode="r")
+    perturbed = np.load(folder / "perturbed.npy", mmap_mode="r")
+    n, shape = len(labels), clean.shape[1:]
+    C, S = corrupted.shape[:2]
+    err = (predict_arrays(model, np.asarray(corrupted).reshape(C * S * n, *shape), cfg, batch_size).reshape(C, S, n) != labels).mean(2)
+    P, F = perturbed.shape[0], perturbed.shape[2]
+    pp = predict_arrays(model, np.asarray(perturbed).reshape(P * n * F, *shape), cfg, batch_size).reshape(P, n, F)
+    return {
+        "num_images": n,
+        "clean_error": float((predict_arrays(model, clean, cfg, batch_size) != labels).mean()),
+        "corruption_error": {c: {f"{s}": float(err[ci, si]) for si, s in enumerate(meta["severities"])}
+                             for ci, c in enumerate(meta["corruptions"])},
+        "flip_probability": {name: flip_probability(pp[i], name in NOISE_SEQUENCES) for i, name in enumerate(meta["perturbations"])},
+        "fgsm_accuracy": fgsm_accuracy(model, clean, labels, cfg, epsilons, batch_size),
+        "notes": meta["adapted"],
+    }
+
+
+def relative_to(raw: dict, base: dict) -> dict:
+    """CE, relative CE per corruption and FR per perturbation against a baseline's raw
+    figures (`score` of the baseline model), and their means (x100, None where undefined)."""
+    ce, rce = {}, {}
+    for c, by_sev in raw["corruption_error"].items():
+        e = np.array(list(by_sev.values()))
+        b = np.array([base["corruption_error"][c][s] for s in by_sev])
+        ce[c] = corruption_error(e, b)
+        rce[c] = relative_corruption_error(e, raw["clean_error"], b, base["clean_error"])
+    fr = {k: (None if base["flip_probability"][k] == 0 else v / base["flip_probability"][k]) for k, v in raw["flip_probability"].items()}
+    pct = lambda v: None if v is None else 100 * v  # noqa: E731
+    return {"mce": pct(mean_defined(ce.values())), "relative_mce": pct(mean_defined(rce.values())),
+            "mfr": pct(mean_defined(fr.values())), "ce": ce, "relative_ce": rce, "fr": fr}

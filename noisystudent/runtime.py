@@ -121,3 +121,9 @@ def relaunch(nproc: int) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *target, *sys.argv[1:]]
     print(f"relaunching under torchrun: {' '.join(cmd[1:])}", flush=True)
     os.execv(sys.executable, cmd)
+
+
+def set_threads(n: int) -> None:
+    """torch's intra-op threads (speed.num_threads; 0 keeps torch's default)."""
+    if n:
+        torch.set_num_threads(n)

@@ -92,6 +92,21 @@ def _log_params(client, run_id: str, params: dict) -> None:
         client.log_batch(run_id, params=flat[i : i + 100])
 
 
+def stage_run(p, stage: str, enabled: bool = True) -> "StageRun":
+    """The MLflow child run of one stage execution (`stage` is DVC's name: train_student@s1).
+    Stages about one model carry its name as a tag, so MLflow groups a model's training, test
+    and robustness runs. The MLflow settings and the params logged are read from the plain
+    params (`unwrap`): they describe the run and change no result, so no stage depends on them."""
+    from .params import unwrap
+
+    p = unwrap(p)
+    model = {"train_teacher": "teacher", "robustness_teacher": "teacher", "train_baseline": "baseline"}.get(stage, stage.partition("@")[2])
+    run = StageRun(stage, p.mlflow.experiment, p.model_dump(), enabled=p.mlflow.enabled and enabled,
+                   tags={"ns.model": model} if model else None)
+    run.params_source = p
+    return run
+
+
 def pending_dir() -> Path:
     return repo_root() / "mlflow-pending"
 
@@ -120,6 +135,7 @@ class StageRun:
     def __init__(self, stage: str, experiment: str, params: dict, enabled: bool = True, tags: dict | None = None):
         self.stage, self.experiment, self.params, self.enabled = stage, experiment, params, enabled
         self.client = None
+        self.params_source = None  # the plain Params, for log_sections
         self.run_id: str | None = None
         self.failed = False
         self.journal: dict = {"stage": self.stage, "experiment": experiment, "pipeline_params": params,
@@ -165,6 +181,17 @@ class StageRun:
         self.journal["params"].append(params)
         if self.run_id:
             self._guard("log_params", _log_params, self.client, self.run_id, params)
+
+    def log_sections(self, *keys: str) -> None:
+        """Log params sections (dotted: `eval.robustness`) of the plain params `stage_run` was
+        given: shown in the run, never counted as what the stage depends on."""
+        out = {}
+        for key in keys:
+            node = self.params_source
+            for part in key.split("."):
+                node = getattr(node, part)
+            out[key] = node.model_dump()
+        self.log_params(out)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if not self.enabled:

@@ -12,7 +12,6 @@ import os
 import random
 import signal
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -22,6 +21,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from .checkpoint import Resume, load_resume
 from .progress import progress
 from .runtime import Runtime
 
@@ -135,32 +135,6 @@ def _fault_kill_at(desc: str, step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-@dataclass(frozen=True)
-class Resume:
-    """Where the resume checkpoint lives and what it must have been made for."""
-    path: Path
-    fingerprint: dict
-
-
-def _load_resume(resume: Resume) -> dict | None:
-    if not resume.path.exists():
-        return None
-    from .io import load_checkpoint
-
-    try:
-        state = load_checkpoint(resume.path)  # weights_only: a file carrying code is refused, never run
-    except ValueError as e:
-        print(f"{e}; not used, starting from step 0", flush=True)
-        return None
-    if not isinstance(state, dict) or state.get("fingerprint") != resume.fingerprint:
-        state = state if isinstance(state, dict) else {}
-        old = state.get("fingerprint") or {}
-        changed = sorted(k for k in set(old) | set(resume.fingerprint) if old.get(k) != resume.fingerprint.get(k))
-        print(f"{resume.path}: made for other params or inputs (changed: {', '.join(changed)}); not used, starting from step 0", flush=True)
-        return None
-    return state
-
-
 def fit(
     model: nn.Module,
     labeled: Dataset,
@@ -198,7 +172,7 @@ def fit(
     sums = torch.zeros(3, device=rt.device)  # labeled loss, pseudo loss, labeled correct: read at log time only
     history: list[dict] = []
     start = 0
-    state = _load_resume(resume) if resume is not None else None
+    state = load_resume(resume) if resume is not None else None
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -318,37 +292,3 @@ def _gather(obj, rt: Runtime) -> list:
     out: list = [None] * rt.world
     torch.distributed.all_gather_object(out, obj)
     return out
-
-
-@torch.inference_mode()
-def predict_logits(model: nn.Module, loader: DataLoader, desc: str | None = "predict", rt: Runtime | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Un-noised predictions: eval mode (no dropout, no stochastic depth) under inference_mode.
-    The loader must use the eval transform. Returns (float32 logits on the CPU, ids or
-    labels) in loader order. desc=None: no progress bar (quick checks inside training)."""
-    rt = rt or Runtime.of(model)
-    model.eval()
-    outs, keys = [], []
-    with progress(desc or "", total=len(loader.dataset), enabled=desc is not None, unit="img") as bar:
-        for x, k in loader:
-            with rt.autocast():
-                outs.append(model(rt.input(x)).float())
-            keys.append(k)
-            bar.advance(len(x))
-    return torch.cat(outs).cpu(), torch.cat(keys)
-
-
-@torch.inference_mode()
-def stream_soft_labels(model: nn.Module, loader: DataLoader, temperature: float, rt: Runtime | None = None,
-                       noised: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Un-noised soft labels, batch by batch: (ids, softmax(logits / T)) as numpy. Nothing is
-    kept between batches, so a pool of any size streams through in flat memory. `noised`
-    (an ablation): train mode, so dropout and stochastic depth stay on (the caller seeds them
-    and gives a noised transform)."""
-    from .pseudo import soft_labels
-
-    rt = rt or Runtime.of(model)
-    model.train(noised)
-    for x, ids in loader:
-        with rt.autocast():
-            logits = model(rt.input(x)).float()
-        yield ids.numpy(), soft_labels(logits.cpu().numpy(), temperature)

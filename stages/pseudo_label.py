@@ -1,13 +1,83 @@
 """Stage pseudo_label@<iteration>: the un-noised teacher labels every unlabeled image into
 resumable Parquet shards. Re-running after an interruption keeps the finished parts."""
+from __future__ import annotations
+
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from noisystudent.cli import ParamsOpt, app, read_params, user_errors
+from noisystudent.params import Params
 
 cli = app(__doc__)
+
+
+def _my_shards(shard: int | None, num_shards: int) -> list[int]:
+    """The one asked for; else, under torchrun, this rank's share; else all, one after another."""
+    if shard is not None:
+        return [shard]
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    return list(range(rank, num_shards, world))
+
+
+def run(p: Params, iteration: str, data_dir: Path, teacher_ckpt: Path, out: Path, shard: int | None = None,
+        num_shards: int | None = None) -> int:
+    """The teacher, not noised (eval mode, its own eval transform), labels every unlabeled
+    image, streaming into bounded, resumable Parquet parts under `out` (see shards.py).
+    Returns the number of rows this process wrote."""
+    import numpy as np
+    import torch
+
+    from noisystudent.checkpoint import load_model
+    from noisystudent.data import ImageDataset, Prepared, loader
+    from noisystudent.inference import id_loader, inference_runtime, stream_soft_labels
+    from noisystudent.io import file_sha256
+    from noisystudent.progress import progress
+    from noisystudent.runtime import set_threads
+    from noisystudent.shards import ids_digest, label_shard, open_labels_dir
+    from noisystudent.tracking import stage_run
+    from noisystudent.train import sample_seed
+    from noisystudent.transforms import eval_transform, randaugment_config, train_transform
+
+    set_threads(p.train.num_threads)
+    pp, workers, seed = p.pseudo, p.speed.data_workers, p.train.seed
+    num_shards = num_shards or pp.num_shards
+    data = Prepared.load(data_dir)
+    model, ckpt = load_model(teacher_ckpt)
+    rt = inference_runtime(p.train.device, pp.precision, p.train.channels_last)
+    rt.model(model)
+    tf = eval_transform(ckpt["data_config"])  # the teacher's own preprocessing, never noised
+    if pp.noised:  # the ablation: the input noise the teacher was trained with
+        own = ckpt["recipe"]["noise"]
+        tf = train_transform(ckpt["data_config"], randaugment_config(own["randaugment_n"], own["randaugment_m"]))
+    ids = data.split("unlabeled")["id"].to_numpy()
+    fingerprint = {"teacher_sha256": file_sha256(teacher_ckpt), "ids_sha256": ids_digest(ids), "num_ids": int(len(ids)),
+                   "temperature": pp.temperature, "batch_size": pp.batch_size, "num_shards": num_shards,
+                   "rows_per_file": pp.rows_per_file, "precision": pp.precision, "noised": pp.noised, "seed": seed}
+    # under torchrun every rank labels its own shards into one folder; rank 0 sets it up
+    open_labels_dir(out, fingerprint, leader=shard is not None or int(os.environ.get("RANK", "0")) == 0)
+
+    def predict(chunk: np.ndarray):
+        if not pp.noised:
+            return stream_soft_labels(model, id_loader(data, chunk, tf, pp.batch_size, rt, workers), pp.temperature, rt)
+        # noised: every image's augmentation and the dropout masks seeded, so a re-run gives the same labels
+        keys = [(i, sample_seed(seed, 3, int(i))) for i in range(len(chunk))]
+        batches = [keys[k : k + pp.batch_size] for k in range(0, len(keys), pp.batch_size)]
+        torch.manual_seed(seed * 7919 + int(chunk[0]) if len(chunk) else 0)
+        dl = loader(ImageDataset(data.images, chunk, None, tf), batch_sampler=batches, num_workers=workers, pin_memory=rt.pin_memory)
+        return stream_soft_labels(model, dl, pp.temperature, rt, noised=True)
+
+    written = 0
+    with stage_run(p, f"pseudo_label@{iteration}") as tracked:
+        tracked.log_params({"teacher": ckpt["name"], "teacher_arch": ckpt["arch"]})
+        tracked.log_sections("pseudo")
+        with progress(f"pseudo_label@{iteration}", total=len(ids), unit="img") as bar:
+            for s in _my_shards(shard, num_shards):
+                written += label_shard(ids, s, num_shards, out, pp.rows_per_file, predict, on_rows=bar.advance)
+        tracked.log_metrics({"rows_written": written, "num_ids": len(ids)})
+    return written
 
 
 @cli.command()
@@ -20,15 +90,14 @@ def main(
     num_shards: Annotated[Optional[int], typer.Option(help="number of shards (default: pseudo.num_shards)")] = None,
     params: ParamsOpt = Path("params.yaml"),
 ):
+    """Label the unlabeled pool with the teacher; `pseudo.nproc` > 1 re-runs it under torchrun."""
     p = read_params(params)
     from noisystudent.runtime import relaunch
 
     if shard is None:  # one shard asked for: this process alone
         relaunch(p.pseudo.nproc)  # nproc > 1: this command again, under torchrun
     with user_errors():
-        from noisystudent.pipeline import pseudo_label_stage
-
-        n = pseudo_label_stage(p, iteration, data, teacher, out, shard, num_shards)
+        n = run(p, iteration, data, teacher, out, shard, num_shards)
         typer.echo(f"pseudo_label@{iteration}: wrote {n} rows to {out}")
 
 

@@ -1,14 +1,55 @@
-"""Stage robustness@<model>: corruption errors (CE, mCE, relative mCE), flip rates (FR, mFR)
-and FGSM accuracy per epsilon of one model, relative to the baseline (the supervised
-teacher: run without --baseline, it is its own baseline)."""
+"""Stages robustness_teacher and robustness@<model>: corruption errors (CE, mCE, relative mCE),
+flip rates (FR, mFR) and FGSM accuracy per epsilon of one model, relative to the baseline (the
+supervised teacher: run without --baseline, it is its own baseline)."""
+from __future__ import annotations
+
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from noisystudent.cli import ParamsOpt, app, read_params, user_errors
+from noisystudent.params import Params
 
 cli = app(__doc__)
+
+
+def run(p: Params, model_name: str, rob_dir: Path, ckpt_path: Path, out: Path, baseline: Path | None = None) -> dict:
+    """Score one model on the corrupt stage's images; write the figures (JSON), the accuracy
+    per corruption and severity and per FGSM epsilon (plot CSVs) and a PNG beside them."""
+    import json
+
+    import pandas as pd
+
+    from noisystudent import plots
+    from noisystudent import robustness as R
+    from noisystudent.checkpoint import load_model
+    from noisystudent.io import atomic_write_csv, atomic_write_json
+    from noisystudent.runtime import set_threads
+    from noisystudent.tracking import stage_run
+
+    set_threads(p.train.num_threads)
+    rp = p.eval.robustness
+    model, ckpt = load_model(ckpt_path)
+    # run names are DVC's stage names: the baseline has its own stage
+    with stage_run(p, "robustness_teacher" if baseline is None else f"robustness@{model_name}") as tracked:
+        raw = R.score(model, ckpt["data_config"], rob_dir, rp.epsilons, p.eval.batch_size)
+        base = raw if baseline is None else json.loads(Path(baseline).read_text())  # None: this model is the baseline
+        m = {"model": model_name, "baseline": "teacher (the supervised model; CE and FR are relative to it)",
+             "num_images": raw["num_images"], "clean_error": raw["clean_error"], **R.relative_to(raw, base),
+             "fgsm_epsilon": rp.fgsm_epsilon, "fgsm_acc": raw["fgsm_accuracy"][f"{rp.fgsm_epsilon:g}"],
+             **{k: raw[k] for k in ("corruption_error", "flip_probability", "fgsm_accuracy", "notes")}}
+        atomic_write_json(out, m)
+        rows = pd.DataFrame([{"corruption": c, "severity": int(s), "accuracy": 1 - e}
+                             for c, by_sev in raw["corruption_error"].items() for s, e in by_sev.items()])
+        atomic_write_csv(out.with_name(f"{model_name}_corruptions.csv"), rows)
+        fgsm = pd.DataFrame({"epsilon": [float(e) for e in raw["fgsm_accuracy"]], "accuracy": list(raw["fgsm_accuracy"].values())})
+        atomic_write_csv(out.with_name(f"{model_name}_fgsm.csv"), fgsm)
+        png = plots.robustness(rows, fgsm, out.with_suffix(".png"), model_name)
+        tracked.log_metrics({k: v for k, v in m.items() if isinstance(v, float)})
+        for f in (out, png):
+            tracked.log_artifact(f)
+    return m
 
 
 @cli.command()
@@ -16,15 +57,14 @@ def main(
     model: Annotated[str, typer.Option(help="model name: teacher or an iteration key")],
     data: Annotated[Path, typer.Option(help="the corrupt stage's folder")],
     checkpoint: Annotated[Path, typer.Option(help="the model's checkpoint")],
-    out: Annotated[Path, typer.Option(help="robustness metrics JSON to write (plot CSVs and PNG beside it)")],
+    out: Annotated[Path, typer.Option(help="robustness figures JSON to write (plot CSVs and PNG beside it)")],
     baseline: Annotated[Optional[Path], typer.Option(help="the baseline's robustness JSON (omit for the baseline itself)")] = None,
     params: ParamsOpt = Path("params.yaml"),
 ):
+    """Score one model's robustness to corruptions, perturbations and FGSM."""
     p = read_params(params)
     with user_errors():
-        from noisystudent.pipeline import robustness_stage
-
-        m = robustness_stage(p, model, data, checkpoint, out, baseline)
+        m = run(p, model, data, checkpoint, out, baseline)
         fmt = lambda v: "n/a" if v is None else f"{v:.1f}"  # noqa: E731
         typer.echo(f"{model}: clean error {100 * m['clean_error']:.1f}%, mCE {fmt(m['mce'])}, mFR {fmt(m['mfr'])}, "
                    f"FGSM@{m['fgsm_epsilon']:g} acc {100 * m['fgsm_acc']:.1f}%")

@@ -1,29 +1,75 @@
-"""Stage summary: teacher vs students, metrics/summary.json and an accuracy-per-iteration plot."""
+"""Stage summary: the headline figures of the run (the DVC metric `dvc exp show` and `dvc
+metrics diff` display), a table per model and the accuracy-per-iteration picture."""
+from __future__ import annotations
+
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from noisystudent.cli import ParamsOpt, app, read_params, user_errors
+from noisystudent.params import Params
 
 cli = app(__doc__)
+
+
+def headline(table, best: str) -> dict:
+    """Numbers only, a few dozen at most: breakdowns stay in the per-stage JSON files."""
+    by = table.set_index("model")
+    students = [m for m in by.index if m not in ("teacher", "baseline")]
+    acc = lambda m: float(by.loc[m, "test_acc"])  # noqa: E731
+    h = {"teacher_test_acc": acc("teacher"), "baseline_test_acc": acc("baseline"), "best_student_test_acc": acc(best),
+         "gain_over_teacher": round(acc(best) - acc("teacher"), 6),
+         # the paper's comparison: the same architecture, trained without the unlabeled images
+         "gain_over_baseline": round(acc(best) - acc("baseline"), 6),
+         "test_acc": {m: acc(m) for m in students},
+         "test_ece": {m: float(by.loc[m, "test_ece"]) for m in by.index},
+         "pseudo_label_acc": {m: float(v) for m in students if (v := by.loc[m, "pseudo_label_acc"]) is not None and v == v}}
+    if not h["pseudo_label_acc"]:
+        del h["pseudo_label_acc"]  # a pool without hidden labels (an image folder)
+    return h
+
+
+def run(p: Params, eval_dir: Path, out: Path, table_out: Path, png_out: Path, rob_dir: Path | None = None,
+        select_dir: Path | None = None) -> dict:
+    from noisystudent import plots
+    from noisystudent.io import atomic_write_csv, atomic_write_json
+    from noisystudent.results import best_student, model_table, read_json
+    from noisystudent.tracking import stage_run
+
+    table = model_table(list(p.eval.models), eval_dir, rob_dir, select_dir)
+    best = best_student(table)  # by test accuracy, as the paper compares teacher and best student
+    summary = headline(table, best)
+    if rob_dir is not None:
+        rob = {role: read_json(rob_dir / f"{name}.json", f"robustness@{name}") for role, name in (("teacher", "teacher"), ("best_student", best))}
+        summary.update({f"{role}_{k}": rob[role][k] for k in ("mce", "relative_mce", "mfr", "fgsm_acc") for role in rob})
+    with stage_run(p, "summary") as tracked:
+        atomic_write_json(out, summary)
+        atomic_write_csv(table_out, table)
+        baseline_arch = table.set_index("model").loc["baseline", "arch"]
+        plots.accuracy_per_iteration(table[table["model"] != "baseline"], png_out,
+                                     baseline=(f"supervised baseline ({baseline_arch})", summary["baseline_test_acc"]))
+        tracked.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)})
+        for f in (out, table_out, png_out):
+            tracked.log_artifact(f)
+    return {**summary, "best_student": best}
 
 
 @cli.command()
 def main(
     evals: Annotated[Path, typer.Option(help="folder of evaluate outputs (<model>.json)")],
-    out: Annotated[Path, typer.Option(help="summary JSON to write")],
-    table: Annotated[Path, typer.Option(help="per-iteration CSV to write (DVC plot)")],
+    out: Annotated[Path, typer.Option(help="summary JSON to write (the headline DVC metric)")],
+    table: Annotated[Path, typer.Option(help="per-model CSV to write (DVC plot)")],
     plot: Annotated[Path, typer.Option(help="accuracy-per-iteration PNG to write")],
     robustness: Annotated[Optional[Path], typer.Option(help="folder of robustness outputs (<model>.json), if measured")] = None,
+    selection: Annotated[Optional[Path], typer.Option(help="folder of select outputs (<iteration>.json)")] = None,
     params: ParamsOpt = Path("params.yaml"),
 ):
+    """Gather every model's figures into the run's headline metrics."""
     p = read_params(params)
     with user_errors():
-        from noisystudent.pipeline import summary_stage
-
-        s = summary_stage(p, evals, out, table, plot, robustness)
-        typer.echo(f"teacher {s['teacher_test_acc']:.4f} -> students {s['student_test_acc']}")
+        s = run(p, evals, out, table, plot, robustness, selection)
+        typer.echo(f"teacher {s['teacher_test_acc']:.4f} -> students {s['test_acc']}; best {s['best_student']}")
 
 
 if __name__ == "__main__":

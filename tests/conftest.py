@@ -13,6 +13,7 @@ for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
 TINY = {
     "data": {"labeled_per_class": 3, "val_per_class": 5, "test_per_class": 10, "image_size": 8},
     "teacher": {"arch": "ns_resnet_xs", "steps": 15},
+    "baseline": {"arch": "ns_resnet_xs"},
     "student": {"steps": 10, "batch_ratio": 2},
     "noise": {"dropout": 0.2},
     "train": {"batch_size": 16, "warmup_steps": 2},
@@ -59,3 +60,24 @@ def reproduced(tmp_path_factory):
 
     root, env = make_repo(tmp_path_factory.mktemp("e2e") / "repo")
     return root, env, dvc("repro", cwd=root, env=env)
+
+
+# every setting of section `speed` changed at once: no byte of any model or metric may move
+SPEED_CHANGED = {"train_workers": 2, "data_workers": 2, "checkpoint_every": 4}
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory):
+    """The tiny pipeline in-process twice (tests/tinyrun.py): `a` through recording views of
+    the params (`touched`: stage -> keys read), `b` with every `speed` setting changed."""
+    from noisystudent.params import Params
+    from paramtrace import Recorded
+    from tinyrun import run_all
+
+    root = tmp_path_factory.mktemp("tiny")
+    p = Params.model_validate(tiny_raw())
+    views: dict = {}
+    summary = run_all(p, root / "a", lambda stage: views.setdefault(stage, Recorded(p)))
+    changed = Params.model_validate(tiny_raw(**{f"speed__{k}": v for k, v in SPEED_CHANGED.items()}))
+    run_all(changed, root / "b")
+    return {"params": p, "a": root / "a", "b": root / "b", "summary": summary, "touched": {k: v.touched for k, v in views.items()}}

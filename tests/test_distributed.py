@@ -22,7 +22,7 @@ def work(tmp_path_factory):
     from noisystudent.pipeline import prepare_stage
 
     d = tmp_path_factory.mktemp("ddp")
-    raw = tiny_raw(teacher__steps=STEPS, train__batch_size=BATCH, train__checkpoint_every=5, train__ema_decay=0.9)
+    raw = tiny_raw(teacher__steps=STEPS, train__batch_size=BATCH, speed__checkpoint_every=5, train__ema_decay=0.9)
     (d / "params.yaml").write_text(yaml.safe_dump(raw))
     prepare_stage(Params.model_validate(raw), d / "data")
     return d

@@ -114,7 +114,8 @@ def test_imagefolder_through_dvc_repro(tmp_path):
 
     root, env = make_repo(tmp_path / "repo", data={"name": "imagefolder", "root": "data/raw/mine", "image_size": 12,
                                                     "labeled_per_class": None, "val_per_class": 2, "test_per_class": None,
-                                                    "num_workers": 2},
+                                                    },
+                          speed={"data_workers": 2},
                           iterations={"s1": {"teacher": "teacher", "arch": "ns_resnet_xs"}}, eval={"models": ["teacher", "s1", "baseline"]})
     make_imagefolder(root / "data/raw/mine", train=8, test=4, unlabeled=40)
     out = dvc("repro", cwd=root, env=env)

@@ -45,7 +45,7 @@ def metrics(root: Path) -> dict:
 
 
 def test_kills_at_six_points_then_same_metrics_as_uninterrupted(tmp_path):
-    root, env = make_repo(tmp_path / "repo", train={"checkpoint_every": 5}, pseudo={"rows_per_file": 300},
+    root, env = make_repo(tmp_path / "repo", speed={"checkpoint_every": 5}, pseudo={"rows_per_file": 300},
                           teacher={"steps": 20}, student={"steps": 15}, mlflow={"enabled": False})
     for extra, stage in KILLS:
         out = dvc("repro", cwd=root, env={**env, **extra}, check=False)

@@ -5,89 +5,62 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from noisystudent.io import load_checkpoint
+from noisystudent.checkpoint import load_checkpoint
 from noisystudent.shards import read_labels
-from noisystudent.pipeline import (corrupt_stage, evaluate_stage, gallery_stage, prepare_stage, pseudo_label_stage, report_stage,
-                                   robustness_stage, select_stage, summary_stage, train_stage)
+from stages.prepare import run as prepare_stage
+from stages.pseudo_label import run as pseudo_label_stage
+from stages.select import run as select_stage
+from stages.train import run as train_stage
 
 
-def run_all(p, root):
-    data = root / "data"
-    prepare_stage(p, data)
-    m = root / "metrics"
-    for name in ("teacher", "baseline"):
-        train_stage(p, name, data, root / f"models/{name}.pt", m / f"{name}/train.json", history_out=m / f"{name}/history.csv")
-    for name, it in p.iterations.items():
-        pseudo_label_stage(p, name, data, root / f"models/{it.teacher}.pt", root / f"pseudo/{name}/labels")
-        select_stage(p, name, data, root / f"pseudo/{name}/labels", root / f"pseudo/{name}/selected.parquet", m / f"{name}/select.json",
-                     m / f"{name}/confidence.csv", m / f"{name}/classes.csv")
-        train_stage(p, name, data, root / f"models/{name}.pt", m / f"{name}/train.json", root / f"pseudo/{name}/selected.parquet",
-                    history_out=m / f"{name}/history.csv")
-        gallery_stage(p, name, data, root / f"models/{it.teacher}.pt", root / f"models/{name}.pt", m / f"{name}/gallery.png")
-    corrupt_stage(p, data, root / "robustness")
-    rob = root / "metrics/robustness"
-    for name in p.eval.models:
-        evaluate_stage(p, name, data, root / f"models/{name}.pt", root / f"metrics/eval/{name}.json", root / f"metrics/eval/{name}_predictions.csv")
-        if name == "baseline":
-            continue  # as in dvc.yaml: robustness compares the chain's models
-        robustness_stage(p, name, root / "robustness", root / f"models/{name}.pt", rob / f"{name}.json",
-                         None if name == "teacher" else rob / "teacher.json")
-    s = summary_stage(p, root / "metrics/eval", root / "metrics/summary.json", root / "metrics/summary.csv",
-                      root / "metrics/summary.png", rob)
-    report_stage(p, root / "metrics", root / "report")
-    return s
-
-
-def test_tiny_pipeline_outputs_and_determinism(tmp_path, tiny_params):
-    p = tiny_params()
-    s = run_all(p, tmp_path / "a")
-    assert set(s) >= {"teacher_test_acc", "best_student_test_acc", "student_test_acc", "teacher_mce", "best_student_mce",
-                      "teacher_mfr", "best_student_mfr", "teacher_fgsm_acc", "best_student_fgsm_acc", "fgsm_epsilon"}
+def test_tiny_pipeline_outputs(tiny_runs):
+    """Every stage's outputs on the tiny pipeline (run once per session, tests/conftest.py;
+    test_deps.py checks what the same runs depend on and that they are reproducible)."""
+    p, root, s = tiny_runs["params"], tiny_runs["a"], tiny_runs["summary"]
+    assert set(s) >= {"teacher_test_acc", "best_student_test_acc", "test_acc", "test_ece", "pseudo_label_acc", "teacher_mce",
+                      "best_student_mce", "teacher_mfr", "best_student_mfr", "teacher_fgsm_acc", "best_student_fgsm_acc"}
     assert s["teacher_mce"] == 100 and s["teacher_mfr"] == 100  # the baseline is 100 % of itself
-    rob = json.loads((tmp_path / "a/metrics/robustness/s1.json").read_text())
+    rob = json.loads((root / "metrics/robustness/s1.json").read_text())
     assert len(rob["corruption_error"]) == 15 and set(rob["fgsm_accuracy"]) == {"0", "4"}
     assert rob["fgsm_accuracy"]["0"] >= rob["fgsm_accuracy"]["4"]  # an attack never helps
-    assert (tmp_path / "a/metrics/robustness/s1.png").stat().st_size > 0
-    assert len(s["student_test_acc"]) == 2
-    assert all(0 <= a <= 1 for a in [s["teacher_test_acc"], s["best_student_test_acc"], *s["student_test_acc"]])
+    assert (root / "metrics/robustness/s1.png").stat().st_size > 0
+    assert list(s["test_acc"]) == ["s1", "s2"] and list(s["pseudo_label_acc"]) == ["s1", "s2"]
+    assert all(0 <= a <= 1 for a in [s["teacher_test_acc"], s["best_student_test_acc"], *s["test_acc"].values()])
+    assert s["best_student_test_acc"] == max(s["test_acc"].values())
 
-    labels = read_labels(tmp_path / "a/pseudo/s1/labels")
+    labels = read_labels(root / "data/pseudo/s1/labels")
     assert list(labels.columns) == ["id", "label", "confidence", "probs"]
-    unl = pd.read_parquet(tmp_path / "a/data/unlabeled.parquet")
+    unl = pd.read_parquet(root / "data/prepared/unlabeled.parquet")
     assert sorted(labels["id"]) == sorted(unl["id"])  # every unlabeled image, once
     assert np.allclose(np.stack(labels["probs"]).sum(1), 1, atol=1e-5)
 
-    sel = json.loads((tmp_path / "a/metrics/s1/select.json").read_text())
+    sel = json.loads((root / "metrics/select/s1.json").read_text())
     assert 0 <= sel["pseudo_label_acc_all"] <= 1 and sel["unique"] <= sel["kept_after_threshold"]
 
-    ev = json.loads((tmp_path / "a/metrics/eval/s2.json").read_text())
+    ev = json.loads((root / "metrics/eval/s2.json").read_text())
     assert {"top1", "top5", "ece", "per_class_acc"} <= set(ev)
-    assert (tmp_path / "a/metrics/summary.png").read_bytes()[:4] == b"\x89PNG"
-    ck = load_checkpoint(tmp_path / "a/models/s1.pt")
+    assert (root / "metrics/summary.png").read_bytes()[:4] == b"\x89PNG"
+    ck = load_checkpoint(root / "models/s1.pt")
     assert ck["arch"] == "ns_resnet_xs" and ck["name"] == "s1"
 
     # the pictures' data: training curves, selection, Figure 1
-    hist = pd.read_csv(tmp_path / "a/metrics/s1/history.csv")
+    hist = pd.read_csv(root / "metrics/s1/history.csv")
     assert hist["step"].iloc[-1] == p.student.steps and {"epoch", "loss_labeled", "loss_pseudo", "val_acc"} <= set(hist)
     assert (hist["loss_pseudo"] > 0).all() and hist["epoch"].is_monotonic_increasing
-    assert pd.read_csv(tmp_path / "a/metrics/s1/confidence.csv")["images"].sum() == sel["pseudo_labeled"]
-    assert pd.read_csv(tmp_path / "a/metrics/s1/classes.csv")["selected"].sum() == sel["selected"]
-    shown = pd.read_csv(tmp_path / "a/metrics/s2/gallery.csv")
+    assert pd.read_csv(root / "metrics/s1/confidence.csv")["images"].sum() == sel["pseudo_labeled"]
+    assert pd.read_csv(root / "metrics/s1/classes.csv")["selected"].sum() == sel["selected"]
+    shown = pd.read_csv(root / "metrics/s2/gallery.csv")
     assert 0 < len(shown) <= p.eval.gallery.images and set(shown["kind"]) <= {"corrected", "regressed", "disagree", "agree"}
     # the report: every figure there, each linked from the page, nothing listed missing
-    page = (tmp_path / "a/report/report.md").read_text()
-    pngs = sorted(f.name for f in (tmp_path / "a/report").glob("*.png"))
+    page = (root / "docs/report/report.md").read_text()
+    pngs = sorted(f.name for f in (root / "docs/report").glob("*.png"))
     # accuracy; 2 galleries; 2 x (confidence, classes); curves and confusion for teacher, s1, s2,
     # baseline; robustness for teacher, s1, s2
     assert len(pngs) == 1 + 2 + 2 * 2 + 4 + 4 + 3 and all(f"]({f})" in page for f in pngs), pngs
     assert "## Not drawn" not in page and "| s2 |" in page and "| baseline |" in page
     assert s["gain_over_baseline"] == pytest.approx(s["best_student_test_acc"] - s["baseline_test_acc"])
-    assert load_checkpoint(tmp_path / "a/models/baseline.pt")["arch"] == p.arch_of("s2")  # the last student's
-
-    # same params and seed, same machine: the same summary and report, byte for byte
-    run_all(p, tmp_path / "b")
-    assert (tmp_path / "a/metrics/summary.json").read_text() == (tmp_path / "b/metrics/summary.json").read_text()
-    assert page == (tmp_path / "b/report/report.md").read_text()
+    assert load_checkpoint(root / "models/baseline.pt")["arch"] == p.baseline.arch
+    assert s["pseudo_label_acc"]["s1"] == sel["pseudo_label_acc_selected"]
 
 
 def test_pseudo_labels_use_the_unnoised_teacher(tmp_path, tiny_params):
@@ -128,14 +101,14 @@ def test_student_init_from_teacher_starts_at_the_teacher(tmp_path, tiny_params):
     train_stage(p, "teacher", data, m / "teacher.pt", tmp_path / "t.json")
     pseudo_label_stage(p, "s1", data, m / "teacher.pt", tmp_path / "labels")
     select_stage(p, "s1", data, tmp_path / "labels", tmp_path / "sel.parquet", tmp_path / "sel.json")
-    train_stage(p, "s1", data, m / "s1.pt", tmp_path / "s1.json", tmp_path / "sel.parquet")
+    train_stage(p, "s1", data, m / "s1.pt", tmp_path / "s1.json", tmp_path / "sel.parquet", teacher_ckpt=m / "teacher.pt")
     t, s = load_checkpoint(m / "teacher.pt")["state_dict"], load_checkpoint(m / "s1.pt")["state_dict"]
     convs = [k for k in t if "conv" in k and k.endswith("weight")]
     assert convs and all(torch.allclose(t[k], s[k], atol=1e-6) for k in convs)
 
 
 def test_hard_targets_are_one_hot(tmp_path, tiny_params):
-    from noisystudent.pipeline import _pseudo_targets
+    from noisystudent.pseudo import targets as _pseudo_targets
 
     sel = pd.DataFrame({"id": [0, 1], "probs": [np.array([0.6, 0.4], np.float32)] * 2, "label": [0, 1], "confidence": [0.6, 0.6]})
     assert np.allclose(_pseudo_targets(sel, 2, "soft", 0.1), [[0.6, 0.4], [0.6, 0.4]])

@@ -1,0 +1,86 @@
+"""Checkpoints: the trained model a stage writes, and the resume state of a training run.
+
+A model checkpoint is a plain, self-describing dict (nanoGPT's habit): the architecture, the
+classes and input channels, the data config that preprocesses its inputs, the recipe that
+trained it, and CPU tensors. It loads with `weights_only=True`: a file carrying pickled code
+is refused, never run. Resume checkpoints live beside the model in `.resume/` (not a DVC
+output: DVC neither deletes them before a re-run nor caches them) and carry the fingerprint of
+the run they belong to; any other run ignores them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .io import InputError, atomic_save_torch
+
+
+class CheckpointError(InputError):
+    pass
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} not found: did its training stage run?")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError for anything beyond plain data
+        raise CheckpointError(f"{path}: refused to load (not a plain-data checkpoint): {e}") from None
+
+
+def cpu_state(model: nn.Module) -> dict:
+    # plain contiguous CPU tensors: a checkpoint loads anywhere, whatever device / memory format trained it
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def save_model(path: Path, predictor: nn.Module, raw: nn.Module, meta: dict) -> None:
+    """`predictor`: the weights that predict (the EMA copy when there is one); the raw
+    training weights are kept beside them when they differ. `meta`: arch, num_classes,
+    in_chans, name, data_config, recipe."""
+    ckpt = {**meta, "state_dict": cpu_state(predictor)}
+    if predictor is not raw:
+        ckpt["state_dict_raw"] = cpu_state(raw)
+    atomic_save_torch(path, ckpt)
+
+
+def load_model(path: Path) -> tuple[nn.Module, dict]:
+    """The model in eval mode, un-noised (dropout and stochastic depth 0), and its checkpoint."""
+    from .models import create_model
+
+    ckpt = load_checkpoint(path)
+    model = create_model(ckpt["arch"], ckpt["num_classes"], ckpt["in_chans"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), ckpt
+
+
+def resume_path(out: Path) -> Path:
+    return out.parent / ".resume" / out.name
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where the resume checkpoint lives and what it must have been made for."""
+    path: Path
+    fingerprint: dict
+
+
+def load_resume(resume: Resume) -> dict | None:
+    """The saved state if it was made for this very run (same fingerprint), else None."""
+    if not resume.path.exists():
+        return None
+    try:
+        state = load_checkpoint(resume.path)
+    except ValueError as e:
+        print(f"{e}; not used, starting from step 0", flush=True)
+        return None
+    if not isinstance(state, dict) or state.get("fingerprint") != resume.fingerprint:
+        state = state if isinstance(state, dict) else {}
+        old = state.get("fingerprint") or {}
+        changed = sorted(k for k in set(old) | set(resume.fingerprint) if old.get(k) != resume.fingerprint.get(k))
+        print(f"{resume.path}: made for other params or inputs (changed: {', '.join(changed)}); not used, starting from step 0", flush=True)
+        return None
+    return state

@@ -1,0 +1,47 @@
+"""Reading what the stages measured, once, for the summary and the report: the evaluate,
+robustness and select figures of each model, and the choice of the best student. Nothing is
+measured here."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+SUPERVISED = ("teacher", "baseline")
+
+
+def read_json(path: Path, stage: str) -> dict:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: {stage} has not run")
+    return json.loads(path.read_text())
+
+
+def maybe_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def students(models: list[str]) -> list[str]:
+    """The chain's students, in order, from `eval.models` (teacher, iterations..., baseline)."""
+    return [m for m in models if m not in SUPERVISED]
+
+
+def model_table(models: list[str], eval_dir: Path, rob_dir: Path | None = None, select_dir: Path | None = None) -> pd.DataFrame:
+    """One row per model: architecture, size, test top-1 / top-5 / ECE, and where measured its
+    mCE / mFR / FGSM accuracy and the accuracy of the pseudo labels it learned from."""
+    rows = []
+    for i, name in enumerate(models):
+        ev = read_json(eval_dir / f"{name}.json", f"evaluate@{name}")
+        rob = (maybe_json(rob_dir / f"{name}.json") if rob_dir is not None else None) or {}
+        sel = (maybe_json(select_dir / f"{name}.json") if select_dir is not None else None) or {}
+        rows.append({"iteration": None if name == "baseline" else i, "model": name, "arch": ev["arch"], "num_params": ev["num_params"],
+                     "test_acc": ev["top1"], "test_top5": ev["top5"], "test_ece": ev["ece"],
+                     "mce": rob.get("mce"), "mfr": rob.get("mfr"), "fgsm_acc": rob.get("fgsm_acc"),
+                     "pseudo_label_acc": sel.get("pseudo_label_acc_selected")})
+    return pd.DataFrame(rows).astype({"iteration": "Int64"})  # the baseline is no iteration: left empty
+
+
+def best_student(table: pd.DataFrame) -> str:
+    """The student with the highest test top-1 (the first one on a tie)."""
+    s = table[~table["model"].isin(SUPERVISED)]
+    return str(s.loc[s["test_acc"].idxmax(), "model"])

@@ -1,0 +1,81 @@
+"""What each DVC stage really depends on: the import closure of its script (ast, following
+the package's absolute and relative imports, inside functions too) and the params keys it
+reads (through a recording view of the params, tests/paramtrace.py)."""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+from conftest import ROOT
+
+PACKAGES = ("noisystudent", "stages")
+
+
+def _module_file(name: str) -> Path | None:
+    base = ROOT / Path(*name.split("."))
+    for f in (base.with_suffix(".py"), base / "__init__.py"):
+        if f.exists():
+            return f
+    return None
+
+
+def _imports(path: Path) -> set[str]:
+    """Modules of this repository that `path` imports (anywhere in the file)."""
+    rel = path.relative_to(ROOT).with_suffix("")
+    package = list(rel.parts[:-1]) if rel.name != "__init__" else list(rel.parts[:-1])
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: from . import x / from .x import y
+                base = package[: len(package) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            # `from pkg import name` may name a module of pkg
+            names = [mod] + [f"{mod}.{a.name}" for a in node.names]
+        else:
+            continue
+        for n in names:
+            if n.split(".")[0] in PACKAGES and _module_file(n) is not None:
+                found.add(n)
+    return found
+
+
+def closure(script: Path) -> set[str]:
+    """Repository-relative files `script` runs: itself and every module it reaches."""
+    todo, seen = [script], set()
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.add(f)
+        todo += [_module_file(m) for m in _imports(f)]
+    # package __init__ files that hold nothing but a docstring and a version are not code a stage runs
+    return {str(f.relative_to(ROOT)) for f in seen if not (f.name == "__init__.py" and _trivial(f))}
+
+
+def _trivial(f: Path) -> bool:
+    body = ast.parse(f.read_text()).body
+    return all(isinstance(n, (ast.Expr, ast.Assign)) for n in body)
+
+
+def stage_script(cmd: str) -> Path:
+    m = re.search(r"python -m (stages\.\w+)", cmd)
+    assert m, f"cmd {cmd!r} does not run a stages/ module"
+    return _module_file(m.group(1))
+
+
+def code_deps(stage: dict) -> set[str]:
+    """The .py files a dvc.yaml stage lists among its deps."""
+    return {d for d in stage.get("deps", []) if str(d).endswith(".py")}
+
+
+if __name__ == "__main__":  # print each stage's closure (to write dvc.yaml's deps)
+    import yaml
+
+    for name, st in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
+        body = st.get("do", st)
+        print(name, sorted(closure(stage_script(body["cmd"]))))
