@@ -1,4 +1,4 @@
-"""Run under torchrun by test_distributed.py: the real `train_stage`, with every training
+"""Run under torchrun by test_distributed.py: the real training stage (stages/train.py), with every training
 batch each rank reads and every file each rank writes recorded in trace-rank<r>.json.
 
     torchrun --nproc_per_node 2 tests/ddp_probe.py <work dir>
@@ -11,7 +11,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import noisystudent.data as D  # noqa: E402
-import noisystudent.pipeline as P  # noqa: E402
+import noisystudent.checkpoint as C  # noqa: E402
+import stages.train as T  # noqa: E402
 from noisystudent.params import load_params  # noqa: E402
 
 work = Path(sys.argv[1])
@@ -34,8 +35,9 @@ def spy_write(fn):
 
 
 D.ImageDataset.__getitems__ = spy_read
-P.atomic_save_torch = spy_write(P.atomic_save_torch)
-P.atomic_write_json = spy_write(P.atomic_write_json)
+C.atomic_save_torch = spy_write(C.atomic_save_torch)  # save_model writes through it
+import noisystudent.io as IO  # noqa: E402
+IO.atomic_write_json = spy_write(IO.atomic_write_json)  # the stage imports it at run time
 p = load_params(work / "params.yaml")
-P.train_stage(p, "teacher", work / "data", work / "teacher.pt", work / "teacher.json")
+T.run(p, "teacher", work / "data", work / "teacher.pt", work / "teacher.json")
 (work / f"trace-rank{os.environ['RANK']}.json").write_text(json.dumps(trace))

@@ -68,9 +68,10 @@ def fake_run(seed, acc, teacher=0.80, baseline=0.84, pl=0.9, per=(0.85, 0.87)):
     its = {"s1": {"teacher": "teacher", "arch": "a"}, "s2": {"teacher": "s1", "arch": "a"}, "s3": {"teacher": "s2", "arch": "a"}}
     params = {"data": {"seed": seed}, "iterations": its}
     accs = [*per, acc]
-    metrics = {"metrics/summary.json": {"teacher_test_acc": teacher, "baseline_test_acc": baseline, "student_test_acc": accs},
-               "metrics/s3/select.json": {"pseudo_label_acc_selected": pl}}
-    metrics.update({f"metrics/eval/s{i + 1}.json": {"top1": a, "ece": 0.2} for i, a in enumerate(accs)})
+    names = [f"s{i + 1}" for i in range(len(accs))]
+    metrics = {"metrics/summary.json": {"teacher_test_acc": teacher, "baseline_test_acc": baseline,
+                                        "test_acc": dict(zip(names, accs)), "test_ece": {n: 0.2 for n in names},
+                                        "pseudo_label_acc": {"s3": pl}}}
     return params, metrics
 
 
@@ -98,7 +99,7 @@ def test_reading_dvc_exp_show():
     recs = {r["name"]: r for r in experiments_from_show(show_fixture())}
     assert len(recs) == 10
     assert recs["default-seed1"]["status"] == "success" and recs["default-seed1"]["params"]["data.seed"] == 1
-    assert recs["default-seed1"]["metrics"]["metrics/eval/s3.json:top1"] == 0.89
+    assert recs["default-seed1"]["metrics"]["metrics/summary.json:test_acc.s3"] == 0.89
     assert recs["no-dropout-seed2"]["status"] == "failed" and "train_student@s1" in recs["no-dropout-seed2"]["error"]
     assert recs["no-stochastic-depth-seed0"]["status"] == "queued"
 

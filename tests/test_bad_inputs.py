@@ -55,7 +55,7 @@ CASES = [
     ({"data.channels": 2}, "data.channels: Input should be 1 or 3 (got 2)"),
     ({"data.val_per_class": 0}, "data.val_per_class: Input should be greater than 0 (got 0)"),
     ({"data.max_pixels": 0}, "data.max_pixels: Input should be greater than 0 (got 0)"),
-    ({"eval.robustness.corruptions": ["fire"]}, "eval.robustness.corruptions: unknown corruption ['fire']"),
+    ({"eval.robustness.corruptions": ["fire"]}, "eval.robustness.corruptions.0: Input should be 'gaussian_noise', 'shot_noise'"),
     ({"eval.robustness.severities": [0, 6]}, "eval.robustness.severities.0: Input should be greater than or equal to 1 (got 0)"),
     ({"eval.robustness.severities": []}, "eval.robustness.severities: List should have at least 1 item"),
     ({"eval.robustness.fgsm_epsilon": 3}, "eval.robustness.fgsm_epsilon: 3 must be one of epsilons"),

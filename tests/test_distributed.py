@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from conftest import ROOT, tiny_raw
-from noisystudent.io import load_checkpoint
+from noisystudent.checkpoint import load_checkpoint
 from noisystudent.train import CycleBatchSampler
 
 STEPS, BATCH = 12, 16
@@ -19,7 +19,7 @@ STEPS, BATCH = 12, 16
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     from noisystudent.params import Params
-    from noisystudent.pipeline import prepare_stage
+    from stages.prepare import run as prepare_stage
 
     d = tmp_path_factory.mktemp("ddp")
     raw = tiny_raw(teacher__steps=STEPS, train__batch_size=BATCH, speed__checkpoint_every=5, train__ema_decay=0.9)
@@ -62,10 +62,10 @@ def test_train_nproc_relaunches_the_stage_under_torchrun(work):
     raw["train"]["nproc"] = 2
     (work / "nproc2.yaml").write_text(yaml.safe_dump(raw))
     env = {**os.environ, "NS_QUIET": "1", "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "stages.train_teacher", "--data", str(work / "data"), "--out", str(work / "t2.pt"),
+    r = subprocess.run([sys.executable, "-m", "stages.train", "--model", "teacher", "--data", str(work / "data"), "--out", str(work / "t2.pt"),
                         "--metrics", str(work / "t2.json"), "--params", str(work / "nproc2.yaml")],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "relaunching under torchrun" in r.stdout and "--nproc_per_node=2" in r.stdout
     assert json.loads((work / "t2.json").read_text())["steps"] == STEPS
-    assert load_checkpoint(work / "t2.pt")["params"]["train"]["nproc"] == 2
+    assert load_checkpoint(work / "t2.pt")["runtime"]["world_size"] == 2

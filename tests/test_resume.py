@@ -11,25 +11,29 @@ import torch
 import yaml
 
 from conftest import ROOT, tiny_raw
-from noisystudent.io import load_checkpoint
-from noisystudent.pipeline import resume_path
+from noisystudent.checkpoint import load_checkpoint
+from noisystudent.checkpoint import resume_path
 
-STEPS = {"teacher": {"steps": 24}, "student": {"steps": 18}, "train": {"batch_size": 16, "warmup_steps": 2, "checkpoint_every": 5}}
+STEPS = {"teacher": {"steps": 24}, "student": {"steps": 18}, "train": {"batch_size": 16, "warmup_steps": 2}, "speed": {"checkpoint_every": 5}}
 
 
 def train(kind, d, out, env_extra=None, params="params.yaml"):
     env = {**os.environ, "NS_QUIET": "1", **(env_extra or {})}
     args = ["--data", str(d / "data"), "--out", str(d / out), "--metrics", str(d / (out + ".json")), "--params", str(d / params)]
+    args = ["--model", "s1" if kind == "student" else "teacher", *args]
     if kind == "student":
-        args = ["--iteration", "s1", "--selected", str(d / "selected.parquet"), *args]
-    return subprocess.run([sys.executable, "-m", f"stages.train_{kind}", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+        args = ["--selected", str(d / "selected.parquet"), "--teacher", str(d / "t0.pt"), *args]
+    return subprocess.run([sys.executable, "-m", "stages.train", *args], cwd=ROOT, env=env, capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     """Prepared digits, a teacher and a selected pseudo-labeled set (for the student)."""
     from noisystudent.params import Params
-    from noisystudent.pipeline import prepare_stage, pseudo_label_stage, select_stage, train_stage
+    from stages.prepare import run as prepare_stage
+    from stages.pseudo_label import run as pseudo_label_stage
+    from stages.select import run as select_stage
+    from stages.train import run as train_stage
 
     d = tmp_path_factory.mktemp("resume")
     raw = tiny_raw(**{f"{k}__{kk}": v for k, vals in STEPS.items() for kk, v in vals.items()})
@@ -86,7 +90,7 @@ def test_resume_checkpoint_is_plain_data_and_names_its_params(work):
     ckpt = torch.load(resume_path(work / out), weights_only=True)  # no pickled code inside
     assert set(ckpt) == {"fingerprint", "step", "model", "ema", "optimizer", "scaler", "rng", "sums", "history"}
     fp = ckpt["fingerprint"]
-    assert fp["arch"] == "ns_resnet_xs" and fp["fit"]["steps"] == 24 and fp["fit"]["lr"] == 0.05
+    assert fp["recipe"]["arch"] == "ns_resnet_xs" and fp["fit"]["steps"] == 24 and fp["fit"]["lr"] == 0.05
     assert set(fp["inputs"]) == {str(work / "data/meta.json"), str(work / "data/labeled.parquet")}
 
 

@@ -100,7 +100,8 @@ def _stage(args, env):
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     from noisystudent.params import Params
-    from noisystudent.pipeline import prepare_stage, train_stage
+    from stages.prepare import run as prepare_stage
+    from stages.train import run as train_stage
 
     d = tmp_path_factory.mktemp("teacher")
     raw = tiny_raw(pseudo={"rows_per_file": 40, "batch_size": 16, "num_shards": 3})

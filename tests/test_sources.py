@@ -165,17 +165,17 @@ def test_params_check_source_settings(tmp_path):
 
 def test_cifar10_through_every_stage(tmp_path, monkeypatch, tiny_params):
     """No code change between datasets: the same stages on a torchvision set (RGB, 32x32)."""
-    from test_pipeline import run_all
+    from tinyrun import run_all
 
     trust_torchvision_files(monkeypatch)
     make_cifar10(tmp_path / "raw", per_class_train=8, per_class_test=2)
     p = tiny_params(data__name="cifar10", data__root=str(tmp_path / "raw"), data__image_size=None, data__test_per_class=None,
                     data__labeled_per_class=3, data__val_per_class=2)
     summary = run_all(p, tmp_path / "run")
-    assert len(summary["student_test_acc"]) == 2
-    sel = __import__("json").loads((tmp_path / "run/metrics/s1/select.json").read_text())
+    assert list(summary["test_acc"]) == ["s1", "s2"]
+    sel = __import__("json").loads((tmp_path / "run/metrics/select/s1.json").read_text())
     assert sel["pseudo_labeled"] == 30 and sel["pseudo_label_truth_known"] == 30  # CIFAR's hidden labels score them
-    from noisystudent.io import load_checkpoint
+    from noisystudent.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(tmp_path / "run/models/teacher.pt")
     assert ckpt["in_chans"] == 3 and ckpt["data_config"]["input_size"] == [3, 32, 32]

@@ -3,7 +3,8 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from noisystudent.train import CycleBatchSampler, FitConfig, fit, lr_at, predict_logits, soft_cross_entropy
+from noisystudent.inference import predict_logits
+from noisystudent.train import CycleBatchSampler, FitConfig, fit, lr_at, soft_cross_entropy
 
 
 def test_soft_ce_equals_ce_for_one_hot():
