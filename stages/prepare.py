@@ -17,13 +17,13 @@ cli = app(__doc__)
 def run(p: Params, out: Path, metrics_out: Path | None = None) -> dict:
     """Write the prepared folder; `metrics_out`: split sizes and bad-file counts (a DVC
     metric), with the breakdowns by reason and by converted mode in `<name>_files.json` beside it."""
-    from noisystudent import data
+    from noisystudent import splits
     from noisystudent.io import atomic_write_json
     from noisystudent.tracking import stage_run
 
     with stage_run(p, "prepare") as tracked:
         tracked.log_sections("data")
-        meta = data.prepare(out, p.data, p.speed.data_workers)
+        meta = splits.prepare(out, p.data, p.speed.data_workers)
         figures = {**{f"n_{k}": v for k, v in meta["counts"].items()}, "bad_files": meta["bad_files"],
                    "converted": sum(meta["converted_by_mode"].values()), "num_classes": meta["num_classes"],
                    "in_chans": meta["in_chans"]}

@@ -2,7 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from noisystudent.data import Prepared, one_hot, prepare, split_stratified
+from noisystudent.data import Prepared, one_hot
+from noisystudent.splits import prepare, split_stratified
 from noisystudent.params import DataParams
 
 

@@ -32,12 +32,50 @@ def mlflow_runs(root: Path):
     return rows
 
 
+def _leaves(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def test_dvc_status_lists_exactly_what_a_change_touches(reproduced, tmp_path):
+    """From a reproduced workspace: a comment in one stage's file outdates that stage alone; a
+    library module outdates exactly the stages that import it; a speed setting outdates nothing."""
+    from depgraph import closure, stage_script
+
+    root, env, _ = reproduced
+    work = tmp_path / "work"
+    shutil.copytree(root, work, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"))
+    outdated = lambda: set(re.findall(r"^(\S+):\s*$", dvc("status", cwd=work, env=env), flags=re.M))  # noqa: E731
+    assert outdated() == set()
+    with open(work / "stages/report.py", "a") as f:
+        f.write("# a comment\n")
+    assert outdated() == {"report"}
+    shutil.copy2(root / "stages/report.py", work / "stages/report.py")
+    with open(work / "noisystudent/transforms.py", "a") as f:
+        f.write("# a comment\n")
+    dvcyaml = yaml.safe_load((work / "dvc.yaml").read_text())["stages"]
+    users = {n for n, st in dvcyaml.items() if "noisystudent/transforms.py" in closure(stage_script(st.get("do", st)["cmd"]))}
+    assert users and "summary" not in users
+    assert {s.split("@")[0] for s in outdated()} == users
+    shutil.copy2(root / "noisystudent/transforms.py", work / "noisystudent/transforms.py")
+    raw = yaml.safe_load((work / "params.yaml").read_text())
+    raw["speed"].update(train_workers=3, data_workers=1, checkpoint_every=7)
+    (work / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert outdated() == set()
+
+
 def test_repro_experiment_queue_and_mlflow(reproduced):
     root, env, out = reproduced
     assert ran(out) == FIRST_ITER | STUDENT_SIDE
     summary = json.loads((root / "metrics/summary.json").read_text())
-    assert len(summary["student_test_acc"]) == 2
+    assert list(summary["test_acc"]) == ["s1", "s2"]
     assert all(0 <= v <= 1 for v in (summary["teacher_test_acc"], summary["best_student_test_acc"]))
+    # what dvc exp show / metrics diff display: the headline, numbers only, a terminal's width
+    shown = json.loads(dvc("metrics", "show", "--json", cwd=root, env=env))
+    values = [v for f in shown["workspace"]["data"].values() for v in _leaves(f["data"]).values()]
+    assert 15 <= len(values) <= 40 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values), values
 
     # nothing changed: nothing runs
     again = dvc("repro", cwd=root, env=env)
@@ -51,8 +89,8 @@ def test_repro_experiment_queue_and_mlflow(reproduced):
     every = dvc("metrics", "diff", "--all", cwd=root, env=env)
     assert "metrics/summary.json" in every and "best_student_test_acc" in every
     changed = dvc("metrics", "diff", cwd=root, env=env)  # tiny models: which figures move is chance,
-    assert re.search(r"metrics/(s1|s2|eval/s1|eval/s2)", changed), changed  # but only on the student side
-    assert "metrics/teacher/" not in changed and "eval/teacher" not in changed
+    assert re.search(r"(test_acc|test_ece)\.(s1|s2)", changed), changed  # but only on the student side
+    assert "teacher_test_acc" not in changed and "test_ece.teacher" not in changed and "prepare.json" not in changed
     params_diff = dvc("params", "diff", cwd=root, env=env)
     assert re.search(r"noise\.dropout\s+0\.2\s+0\.5", params_diff), params_diff
     # every declared plot renders; the diff holds both sides (images: one entry per side)
@@ -65,6 +103,11 @@ def test_repro_experiment_queue_and_mlflow(reproduced):
     assert {r for entry in plots["metrics/s2/gallery.png"] for r in entry["revisions"]} == {"workspace", "HEAD"}
     assert (root / "docs/report/report.md").read_text().count("](") == 18  # tiny: 1 + 2 + 2 x 2 + 4 + 4 + 3 figures
 
+    # the README's sweep: one -S with two values queues two experiments
+    dvc("exp", "run", "--queue", "-S", "select.per_class=15,25", cwd=root, env=env)
+    queued = [line for line in dvc("queue", "status", cwd=root, env=env).splitlines() if "Queued" in line]
+    assert len(queued) == 2, queued
+    dvc("queue", "remove", "--queued", cwd=root, env=env)
     # a queued experiment runs in a temporary copy and still logs into this repository's store
     dvc("exp", "run", "--queue", "-S", "select.per_class=15", "-n", "queued-exp", cwd=root, env=env)
     dvc("queue", "start", cwd=root, env=env)
@@ -125,8 +168,8 @@ def test_imagefolder_through_dvc_repro(tmp_path):
     assert f"{len(BAD_KINDS)} unusable file(s) left out" in out
     assert len(open(root / "data/prepared/bad_files.csv").read().splitlines()) == len(BAD_KINDS) + 1
     summary = json.loads((root / "metrics/summary.json").read_text())
-    assert len(summary["student_test_acc"]) == 1 and 0 <= summary["best_student_test_acc"] <= 1
-    sel = json.loads((root / "metrics/s1/select.json").read_text())
+    assert list(summary["test_acc"]) == ["s1"] and 0 <= summary["best_student_test_acc"] <= 1
+    sel = json.loads((root / "metrics/select/s1.json").read_text())
     assert sel["pseudo_labeled"] == 45 and "pseudo_label_acc_all" not in sel  # a folder pool has no hidden labels
     assert ran(dvc("repro", cwd=root, env=env)) == set()
     # a file moved in the folder is a change DVC sees: prepare (and all after it) is out of date

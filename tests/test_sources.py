@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 
 from fixtures import BAD_KINDS, CONVERTIBLE, make_cifar10, make_imagefolder, make_stl10, make_svhn, trust_torchvision_files
-from noisystudent.data import Prepared, prepare
+from noisystudent.data import Prepared
+from noisystudent.splits import prepare
 from noisystudent.params import DataParams, ParamsError, load_params
 from noisystudent.sources import DataError
 
