@@ -19,6 +19,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -30,7 +31,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from .images import load_image
 from .io import InputError
-from .transforms import Preprocess
+
+if TYPE_CHECKING:  # an annotation only: reading prepared data runs no transform code
+    from .transforms import Preprocess
 
 
 class ArrayImages:

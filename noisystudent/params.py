@@ -50,7 +50,7 @@ class DataParams(_Section):
 
 class StudentParams(_Section):
     steps: PosInt = 300
-    batch_ratio: PosInt = 3  # unlabeled batch = ratio x labeled batch (PAPER.md)
+    batch_ratio: PosInt = 3  # unlabeled batch = ratio x labeled batch; loss = CE_l + ratio CE_u (official code)
     targets: Literal["soft", "hard"] = "soft"
     init: Literal["scratch", "teacher"] = "scratch"  # teacher (an ablation): start from the teacher's weights
 

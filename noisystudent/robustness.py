@@ -10,8 +10,8 @@
   from the seeded global state).
 - Perturbations (ImageNet-P style): per image a sequence of `frames` copies, gradually more
   perturbed (rotate, scale, translate, tilt, brightness) or re-noised at a fixed level
-  (gaussian and shot noise). Flip probability as PAPER.md: against the first frame for the
-  noise sequences, against the previous frame otherwise.
+  (gaussian and shot noise). Flip probability as ImageNet-P defines it: against the first
+  frame for the noise sequences, against the previous frame otherwise.
 - FGSM: one signed-gradient step of size eps/255 in pixel space (0..1), untargeted.
 
 Metric functions are pure (numpy in, numbers out); `score` applies them to one model over the

@@ -23,9 +23,15 @@ def _module_file(name: str) -> Path | None:
 def _imports(path: Path) -> set[str]:
     """Modules of this repository that `path` imports (anywhere in the file)."""
     rel = path.relative_to(ROOT).with_suffix("")
-    package = list(rel.parts[:-1]) if rel.name != "__init__" else list(rel.parts[:-1])
+    package = list(rel.parts[:-1])  # the package a relative import starts from
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    # imports under `if TYPE_CHECKING:` never run: they are annotations, not code a stage runs
+    typing_only = {id(n) for top in ast.walk(tree) if isinstance(top, ast.If) and _is_type_checking(top.test)
+                   for stmt in top.body for n in ast.walk(stmt)}
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -42,6 +48,11 @@ def _imports(path: Path) -> set[str]:
             if n.split(".")[0] in PACKAGES and _module_file(n) is not None:
                 found.add(n)
     return found
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def closure(script: Path) -> set[str]:

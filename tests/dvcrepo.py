@@ -1,5 +1,5 @@
 """A throwaway git + DVC repository holding what a fresh clone holds, with tiny params, and
-the real `dvc` run in it (see ../shared/TESTING.md)."""
+the real `dvc` run in it."""
 import os
 import re
 import shutil
