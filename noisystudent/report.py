@@ -139,4 +139,15 @@ def build(p: Params, metrics: Path, out: Path, title: str) -> Path:
             md += ["## Not drawn", "", "These figures were not found (their stage has not run or wrote none):", "",
                    *[f"- `{f}`" for f in missing], ""]
         (tmp / "report.md").write_text("\n".join(md).rstrip() + "\n")
+        curves = validation_curves(p, metrics)
+        if len(curves):  # every model's validation curve in one table: dvc.yaml's `val_acc` overlay plot
+            curves.to_csv(tmp / "val_acc.csv", index=False)
     return out / "report.md"
+
+
+def validation_curves(p: Params, metrics: Path) -> pd.DataFrame:
+    """model, step, epoch, val_acc: the validation accuracy of every model while it trained,
+    one table whatever the chain (a DVC plot overlays them by `model`)."""
+    frames = [pd.read_csv(f)[["step", "epoch", "val_acc"]].assign(model=m)
+              for m in p.eval.models if (f := metrics / m / "history.csv").exists()]
+    return pd.concat(frames, ignore_index=True)[["model", "step", "epoch", "val_acc"]] if frames else pd.DataFrame()

@@ -20,6 +20,7 @@ def _datasets(p: Params, data, r, selected: Path | None, tf):
     import pandas as pd
 
     from noisystudent.data import ImageDataset, one_hot
+    from noisystudent.io import InputError
     from noisystudent.pseudo import targets
 
     smoothing = p.train.label_smoothing
@@ -28,10 +29,10 @@ def _datasets(p: Params, data, r, selected: Path | None, tf):
     if r.supervised:
         return labeled, None
     if selected is None:
-        raise ValueError(f"student {r.name} needs --selected (the pseudo-labeled set)")
+        raise InputError(f"student {r.name} needs --selected (the pseudo-labeled set)")
     sel = pd.read_parquet(selected)
     if len(sel) == 0:
-        raise ValueError(f"{selected}: no pseudo-labeled image survived selection; lower select.threshold")
+        raise InputError(f"{selected}: no pseudo-labeled image survived selection; lower select.threshold")
     # canonical order (class, id), then duplicates: training never depends on shard layout
     sel = sel.sort_values(["label", "id"], kind="stable", ignore_index=True)
     sel = sel.loc[sel.index.repeat(sel["copies"])]
@@ -48,7 +49,7 @@ def run(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Path, sele
     from noisystudent.checkpoint import Resume, load_checkpoint, resume_path, save_model
     from noisystudent.data import Prepared
     from noisystudent.inference import accuracy
-    from noisystudent.io import atomic_write_csv, atomic_write_json, file_sha256
+    from noisystudent.io import InputError, atomic_write_csv, atomic_write_json, file_sha256
     from noisystudent.models import create_model, num_params
     from noisystudent.recipe import fit_config, recipe
     from noisystudent.runtime import runtime, set_threads
@@ -67,7 +68,7 @@ def run(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Path, sele
     model = create_model(r.arch, data.num_classes, data.in_chans, r.noise["dropout"], r.noise["drop_path"])
     if r.init_from_teacher:
         if teacher_ckpt is None:
-            raise ValueError(f"student.init: teacher needs --teacher (the checkpoint of {r.teacher})")
+            raise InputError(f"student.init: teacher needs --teacher (the checkpoint of {r.teacher})")
         model.load_state_dict(load_checkpoint(teacher_ckpt)["state_dict"])
     cfg = fit_config(p, r, p.speed.checkpoint_every)
     t = p.train

@@ -62,14 +62,15 @@ def reproduced(tmp_path_factory):
     return root, env, dvc("repro", cwd=root, env=env)
 
 
-# every setting of section `speed` changed at once: no byte of any model or metric may move
+# a changed value for every setting of section `speed`: no byte of any model or metric may move
 SPEED_CHANGED = {"train_workers": 2, "data_workers": 2, "checkpoint_every": 4}
 
 
 @pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory):
-    """The tiny pipeline in-process twice (tests/tinyrun.py): `a` through recording views of
-    the params (`touched`: stage -> keys read), `b` with every `speed` setting changed."""
+    """The tiny pipeline in-process (tests/tinyrun.py): `a` through recording views of the
+    params (`touched`: stage -> keys read), then once per `speed` setting with that setting
+    changed (`speed`: key -> the run's folder)."""
     from noisystudent.params import Params
     from paramtrace import Recorded
     from tinyrun import run_all
@@ -78,6 +79,8 @@ def tiny_runs(tmp_path_factory):
     p = Params.model_validate(tiny_raw())
     views: dict = {}
     summary = run_all(p, root / "a", lambda stage: views.setdefault(stage, Recorded(p)))
-    changed = Params.model_validate(tiny_raw(**{f"speed__{k}": v for k, v in SPEED_CHANGED.items()}))
-    run_all(changed, root / "b")
-    return {"params": p, "a": root / "a", "b": root / "b", "summary": summary, "touched": {k: v.touched for k, v in views.items()}}
+    for key, value in SPEED_CHANGED.items():
+        run_all(Params.model_validate(tiny_raw(**{f"speed__{key}": value})), root / key)
+    return {"params": p, "a": root / "a", "speed": {k: root / k for k in SPEED_CHANGED}, "summary": summary,
+            "touched": {k: v.touched for k, v in views.items()}}
+

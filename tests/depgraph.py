@@ -4,6 +4,8 @@ reads (through a recording view of the params, tests/paramtrace.py)."""
 from __future__ import annotations
 
 import ast
+import importlib
+import inspect
 import re
 from pathlib import Path
 
@@ -73,6 +75,12 @@ def _trivial(f: Path) -> bool:
     return all(isinstance(n, (ast.Expr, ast.Assign)) for n in body)
 
 
+def dvc_yaml() -> dict:
+    import yaml
+
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())
+
+
 def stage_script(cmd: str) -> Path:
     m = re.search(r"python -m (stages\.\w+)", cmd)
     assert m, f"cmd {cmd!r} does not run a stages/ module"
@@ -82,6 +90,32 @@ def stage_script(cmd: str) -> Path:
 def code_deps(stage: dict) -> set[str]:
     """The .py files a dvc.yaml stage lists among its deps."""
     return {d for d in stage.get("deps", []) if str(d).endswith(".py")}
+
+
+def instances(params) -> dict[str, dict]:
+    """Every stage as `dvc repro` runs it (foreach expanded), with its cmd and params, for `params`."""
+    out = {}
+    for name, st in dvc_yaml()["stages"].items():
+        if "foreach" not in st:
+            out[name] = st
+            continue
+        src = st["foreach"][2:-1]
+        items = list(params.iterations.items()) if src == "iterations" else [(m, m) for m in params.eval.models]
+        for key, item in items:
+            def sub(s, key=key, item=item):
+                s = s.replace("${key}", key)
+                if isinstance(item, str):
+                    return s.replace("${item}", item)
+                return re.sub(r"\$\{item\.(\w+)\}", lambda m: str(getattr(item, m.group(1))), s)
+            body = st["do"]
+            out[f"{name}@{key}"] = {**body, "cmd": sub(body["cmd"]), "params": [sub(k) for k in body.get("params", [])]}
+    return out
+
+
+def main_reads(cmd: str) -> set[str]:
+    """Keys a stage command reads before its `run` (e.g. train.nproc, to relaunch under torchrun)."""
+    mod = importlib.import_module(re.search(r"python -m (stages\.\w+)", cmd).group(1))
+    return set(re.findall(r"\bp\.(\w+\.\w+)\b", inspect.getsource(mod.main)))
 
 
 def write_code_deps(path: Path = ROOT / "dvc.yaml") -> None:

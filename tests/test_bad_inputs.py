@@ -91,3 +91,24 @@ def test_docs_table_lists_every_case():
     rows = set(re.findall(r"^\| `([^`]+)` \|", doc, flags=re.M))
     assert {case_id(o) for o, _ in CASES} <= rows, sorted({case_id(o) for o, _ in CASES} - rows)
     assert len(CASES) >= 20
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "nope"], "'nope' is not a model of this pipeline: teacher, baseline or one of s1, s2"),
+    (["--model", "s1"], "student s1 needs --selected (the pseudo-labeled set)"),
+])
+def test_train_command_refuses_a_wrong_model_in_one_line(tmp_path, args, message):
+    from typer.testing import CliRunner
+
+    from conftest import tiny_raw
+    from noisystudent.params import Params
+    from stages import prepare, train
+
+    raw = tiny_raw()
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    prepare.run(Params.model_validate(raw), tmp_path / "data")
+    out = tmp_path / "m.pt"
+    r = CliRunner().invoke(train.cli, [*args, "--data", str(tmp_path / "data"), "--out", str(out), "--metrics",
+                                       str(tmp_path / "m.json"), "--params", str(tmp_path / "params.yaml")])
+    assert r.exit_code == 1 and f"error: {message}" in r.output and "Traceback" not in r.output, r.output
+    assert not out.exists() and not (tmp_path / "m.json").exists()

@@ -10,14 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dvcrepo import dvc, make_repo, ran, sh
+from dvcrepo import FIRST_ITER, STUDENT_SIDE, dvc, make_repo, ran, sh
+from mlflow_ui import CHROMIUM_ARGS, FIRST_LOAD_MS, NO_ASSISTANT, STEP_MS, WIDTH, chromium, mlflow_ui, screenshot, store  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
 
-FIRST_ITER = {"prepare", "train_teacher", "pseudo_label@s1", "select@s1", "evaluate@teacher", "corrupt", "robustness_teacher",
-              "train_baseline", "evaluate@baseline"}
-STUDENT_SIDE = {"train_student@s1", "pseudo_label@s2", "select@s2", "train_student@s2", "evaluate@s1", "evaluate@s2",
-                "robustness@s1", "robustness@s2", "summary", "gallery@s1", "gallery@s2", "report"}
 
 
 def mlflow_runs(root: Path):
@@ -74,7 +71,9 @@ def test_repro_experiment_queue_and_mlflow(reproduced):
     assert all(0 <= v <= 1 for v in (summary["teacher_test_acc"], summary["best_student_test_acc"]))
     # what dvc exp show / metrics diff display: the headline, numbers only, a terminal's width
     shown = json.loads(dvc("metrics", "show", "--json", cwd=root, env=env))
-    values = [v for f in shown["workspace"]["data"].values() for v in _leaves(f["data"]).values()]
+    (files,) = [rev["data"] for rev in shown.values()]  # one revision: the workspace
+    assert list(files) == ["metrics/summary.json"], list(files)
+    values = [v for f in files.values() for v in _leaves(f["data"]).values()]
     assert 15 <= len(values) <= 40 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values), values
 
     # nothing changed: nothing runs
@@ -97,7 +96,7 @@ def test_repro_experiment_queue_and_mlflow(reproduced):
     plots = json.loads(dvc("plots", "diff", "HEAD", "--json", cwd=root, env=env))["data"]
     wanted = {"metrics/summary.csv", "metrics/summary.png", "metrics/s1/history.csv", "metrics/baseline/history.csv",
               "metrics/s2/confidence.csv", "metrics/s2/classes.png", "metrics/s2/gallery.png",
-              "metrics/eval/s2_predictions.csv", "metrics/robustness/s1_fgsm.csv"}
+              "metrics/eval/s2_predictions.csv", "metrics/robustness/s1_fgsm.csv", "val_acc"}
     assert wanted <= set(plots), sorted(wanted - set(plots))
     assert set(plots["metrics/summary.csv"][0]["revisions"]) == {"workspace", "HEAD"}
     assert {r for entry in plots["metrics/s2/gallery.png"] for r in entry["revisions"]} == {"workspace", "HEAD"}
@@ -108,8 +107,9 @@ def test_repro_experiment_queue_and_mlflow(reproduced):
     queued = [line for line in dvc("queue", "status", cwd=root, env=env).splitlines() if "Queued" in line]
     assert len(queued) == 2, queued
     dvc("queue", "remove", "--queued", cwd=root, env=env)
-    # a queued experiment runs in a temporary copy and still logs into this repository's store
-    dvc("exp", "run", "--queue", "-S", "select.per_class=15", "-n", "queued-exp", cwd=root, env=env)
+    # a queued experiment runs in a temporary copy, re-runs only what its change touches (the
+    # rest comes from the cache) and still logs into this repository's store
+    dvc("exp", "run", "--queue", "-S", "eval.gallery.images=12", "-n", "queued-exp", cwd=root, env=env)
     dvc("queue", "start", cwd=root, env=env)
     deadline = time.time() + 420
     while time.time() < deadline:
@@ -133,7 +133,7 @@ def test_repro_experiment_queue_and_mlflow(reproduced):
     assert FIRST_ITER | STUDENT_SIDE in by_parent.values()
     assert STUDENT_SIDE in by_parent.values()
     queued = [p for p, r in parents.items() if r[3] == "queued-exp"]
-    assert len(queued) == 1 and {"select@s1", "select@s2"} <= by_parent[queued[0]]
+    assert len(queued) == 1 and by_parent[queued[0]] == {"gallery@s1", "gallery@s2", "report"}, by_parent[queued[0]]
     assert not (root / "mlruns").exists()
 
 
@@ -151,28 +151,70 @@ def test_bad_param_fails_stage_and_writes_nothing(reproduced, tmp_path):
     assert not (bad / "models/teacher.pt").exists() or (bad / "models/teacher.pt").read_bytes() == before
 
 
-def test_imagefolder_through_dvc_repro(tmp_path):
-    """The user's own folder (nested pool, junk files, odd modes) through the real pipeline."""
-    from fixtures import BAD_KINDS, make_imagefolder
+@pytest.mark.browser
+def test_mlflow_ui_shows_pipeline_runs(chromium, mlflow_ui, tmp_path):
+    """The parent run, its teacher and student child runs, and their comparison with the
+    accuracy metrics, in the real MLflow UI (tests/mlflow_ui.py)."""
+    from mlflow import MlflowClient
+    from playwright.sync_api import expect, sync_playwright
 
-    root, env = make_repo(tmp_path / "repo", data={"name": "imagefolder", "root": "data/raw/mine", "image_size": 12,
-                                                    "labeled_per_class": None, "val_per_class": 2, "test_per_class": None,
-                                                    },
-                          speed={"data_workers": 2},
-                          iterations={"s1": {"teacher": "teacher", "arch": "ns_resnet_xs"}}, eval={"models": ["teacher", "s1", "baseline"]})
-    make_imagefolder(root / "data/raw/mine", train=8, test=4, unlabeled=40)
-    out = dvc("repro", cwd=root, env=env)
-    assert ran(out) == FIRST_ITER | {"train_student@s1", "evaluate@s1", "robustness@s1", "gallery@s1", "summary", "report"}, out
-    prep = json.loads((root / "metrics/prepare.json").read_text())
-    assert prep["bad_files"] == len(BAD_KINDS) and prep["n_unlabeled"] == 45 and prep["converted"] == 5
-    assert f"{len(BAD_KINDS)} unusable file(s) left out" in out
-    assert len(open(root / "data/prepared/bad_files.csv").read().splitlines()) == len(BAD_KINDS) + 1
-    summary = json.loads((root / "metrics/summary.json").read_text())
-    assert list(summary["test_acc"]) == ["s1"] and 0 <= summary["best_student_test_acc"] <= 1
-    sel = json.loads((root / "metrics/select/s1.json").read_text())
-    assert sel["pseudo_labeled"] == 45 and "pseudo_label_acc_all" not in sel  # a folder pool has no hidden labels
-    assert ran(dvc("repro", cwd=root, env=env)) == set()
-    # a file moved in the folder is a change DVC sees: prepare (and all after it) is out of date
-    (root / "data/raw/mine/unlabeled/batch0/sub0/img0000.jpg").rename(root / "data/raw/mine/unlabeled/moved.jpg")
-    status = dvc("status", "prepare", cwd=root, env=env)
-    assert "changed deps" in status and "data/raw/mine" in status, status
+    url, store, experiment = mlflow_ui
+    client = MlflowClient(store)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no MLflow experiment {experiment!r} in {store}"
+    parents = client.search_runs([exp.experiment_id], "tags.`ns.role` = 'pipeline'",
+                                 order_by=["attributes.start_time DESC"])
+    assert parents, "no pipeline parent run in the store"
+    # the newest whole run: `dvc exp run`s that change only the students have no teacher runs
+    for parent in parents:
+        children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+        if any(r.info.run_name == "evaluate@teacher" for r in children):
+            break
+    else:
+        pytest.fail(f"no pipeline run in {experiment!r} has an evaluate@teacher child run")
+    # the teacher's and students' training and evaluation runs; the evaluations (test_top1) are
+    # compared: a training run logs a dozen metrics, which would push the accuracy out of the shot
+    shown = sorted((r for r in children if r.data.tags.get("ns.model")
+                    and r.info.run_name.startswith(("train_", "evaluate@"))), key=lambda r: r.info.start_time)
+    compared = [r for r in shown if r.info.run_name.startswith("evaluate@")]
+    models = {r.data.tags["ns.model"] for r in compared}
+    assert "teacher" in models and len(models) >= 2, f"need teacher and student evaluation runs, got {models}"
+    trained = {r.data.tags["ns.model"] for r in shown if r.info.run_name.startswith("train_")}
+    assert trained == models, f"training runs for {sorted(trained)}, evaluation runs for {sorted(models)}"
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
+            page.add_init_script(NO_ASSISTANT)
+            page.set_default_timeout(STEP_MS)
+
+            # MLflow 3 opens an experiment in its GenAI (traces) view; runs live in "Model training"
+            page.goto(f"{url}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning")
+            expect(page.locator(f'a[href$="/runs/{parent.info.run_id}"]'),
+                   f"parent run {parent.info.run_name} not shown in the runs table").to_have_text(
+                parent.info.run_name, timeout=FIRST_LOAD_MS)
+            # child runs sit folded under their parent: the button in its run-name cell unfolds them
+            page.locator(f'[row-id="{parent.info.run_id}"] [col-id="attributes.`Run Name`"] button').click()
+            for run in shown:
+                model, name = run.data.tags["ns.model"], run.info.run_name
+                kind = "teacher" if model == "teacher" else f"student {model}"
+                expect(page.locator(f'a[href$="/runs/{run.info.run_id}"]'),
+                       f"{kind} child run {name} not shown under the parent in the runs table").to_have_text(name)
+            for run in compared:
+                # ag-grid renders each row twice (pinned left + scrolling part); the checkbox is on the left
+                page.locator(f'[row-id="{run.info.run_id}"] input.ag-checkbox-input').check()
+            screenshot(page, tmp_path, "mlflow_runs.png")
+
+            page.get_by_role("button", name="Compare", exact=True).click()
+            expect(page.get_by_role("heading", name=f"Comparing {len(compared)} Runs"),
+                   "the run comparison did not open").to_be_visible()
+            run_names = page.locator("tr", has=page.locator("th", has_text="Run Name:"))
+            for run in compared:
+                expect(run_names, f"run {run.info.run_name} missing from the comparison").to_contain_text(
+                    run.info.run_name)
+            expect(page.get_by_role("link", name="test_top1", exact=True),
+                   "accuracy metric test_top1 missing from the comparison").to_be_visible()
+            screenshot(page, tmp_path, "mlflow_compare.png")
+        finally:
+            browser.close()

@@ -1,11 +1,18 @@
-"""The stage functions in-process on tiny params (fast); the real `dvc repro` is in test_e2e."""
+"""The stage functions in-process on tiny params (fast; the real `dvc repro` is in test_e2e):
+what every stage writes, exactly the params keys each reads (against dvc.yaml), and the same
+bytes whatever the `speed` settings. The runs are tests/conftest.py's session fixture
+`tiny_runs`, shared by the tests of this file (pytest-xdist keeps a file on one worker)."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import ROOT, SPEED_CHANGED
+from depgraph import dvc_yaml, instances, main_reads
 from noisystudent.checkpoint import load_checkpoint
+from paramtrace import leaves
 from noisystudent.shards import read_labels
 from stages.prepare import run as prepare_stage
 from stages.pseudo_label import run as pseudo_label_stage
@@ -61,6 +68,54 @@ def test_tiny_pipeline_outputs(tiny_runs):
     assert s["gain_over_baseline"] == pytest.approx(s["best_student_test_acc"] - s["baseline_test_acc"])
     assert load_checkpoint(root / "models/baseline.pt")["arch"] == p.baseline.arch
     assert s["pseudo_label_acc"]["s1"] == sel["pseudo_label_acc_selected"]
+
+
+# ---- what the same runs depend on, and that they are reproducible -----------------------
+
+
+def test_params_deps_are_the_keys_read(tiny_runs):
+    p = tiny_runs["params"]
+    every = lambda keys: set().union(*[leaves(p, k) for k in keys]) if keys else set()  # noqa: E731
+    problems = []
+    stages = instances(p)
+    assert set(tiny_runs["touched"]) == set(stages), "the tiny run and dvc.yaml disagree on the stages"
+    for name, st in stages.items():
+        declared = every(st.get("params", []))
+        read = every(tiny_runs["touched"][name] | main_reads(st["cmd"]))
+        speed = {k for k in read if k.startswith("speed.")}
+        if any(k.startswith("speed.") for k in declared):
+            problems.append(f"{name}: declares section speed, which must never be a dependency")
+        for k in sorted(read - speed - declared):
+            problems.append(f"{name}: reads {k} but does not declare it in dvc.yaml")
+        for k in sorted(declared - read):
+            problems.append(f"{name}: declares {k} but never reads it")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("key", list(SPEED_CHANGED))
+def test_speed_setting_changes_no_byte(tiny_runs, key):
+    """Every model, selection, metric, plot table and picture of the tiny pipeline is identical
+    with this `speed` setting changed — and so reproducible: same params, same seed, same bytes."""
+    a, b = tiny_runs["a"], tiny_runs["speed"][key]
+    # prepare_files.json names the folder it wrote (a vs b); the rest must match
+    files = sorted(f.relative_to(a) for f in a.rglob("*") if f.is_file() and f.name != "prepare_files.json")
+    assert len(files) > 50 and {Path("models/s2.pt"), Path("metrics/summary.json"), Path("docs/report/report.md")} <= set(files)
+    differ = [str(f) for f in files if not (b / f).is_file() or (a / f).read_bytes() != (b / f).read_bytes()]
+    assert not differ, f"speed.{key}={SPEED_CHANGED[key]} changed {differ}"
+
+
+def test_every_model_is_an_artifact_and_in_the_curves_overlay(tiny_runs):
+    from noisystudent.params import load_params
+
+    p = load_params(ROOT / "params.yaml")
+    assert {k: (a["path"], a["type"]) for k, a in dvc_yaml()["artifacts"].items()} == {m: (f"models/{m}.pt", "model") for m in p.eval.models}
+    overlay = next(pl["val_acc"] for pl in dvc_yaml()["plots"] if "val_acc" in pl)
+    (table,) = overlay["y"]
+    assert (ROOT / ".dvc/plots" / f"{overlay['template']}.json").is_file()
+    # the report stage writes the table, one curve per model of the chain, whatever the chain
+    curves = pd.read_csv(tiny_runs["a"] / table)
+    assert list(curves["model"].unique()) == list(tiny_runs["params"].eval.models)
+    assert {overlay["x"], "val_acc", "model"} <= set(curves.columns)
 
 
 def test_pseudo_labels_use_the_unnoised_teacher(tmp_path, tiny_params):

@@ -1,7 +1,7 @@
-"""The MLflow UI on the store of a real pipeline run, in headless Chromium (Playwright driving
-Debian's /usr/bin/chromium): the parent run, its teacher and student child runs, and their
-comparison with the accuracy metrics. `pytest -m browser` runs it alone; it skips without
-Chromium or Playwright, and fails instead when NS_REQUIRE_BROWSER=1 (as CI sets it).
+"""Fixtures and helpers for the MLflow UI test (test_e2e.py::test_mlflow_ui_shows_pipeline_runs):
+the MLflow UI on the store of a real pipeline run, in headless Chromium (Playwright driving
+Debian's /usr/bin/chromium). `pytest -m browser` runs it alone; it skips without Chromium or
+Playwright, and fails instead when NS_REQUIRE_BROWSER=1 (as CI sets it).
 Screenshots go to tmp_path, and also to $NS_SCREENSHOT_DIR when set; with NS_UI_REPO=. it
 opens this repository's own store instead (how docs/mlflow_*.png were made, after `dvc repro`)."""
 import os
@@ -16,8 +16,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
-pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 EXPERIMENT = "e2e"  # what tests/dvcrepo.py's params name it
 CHROMIUM = os.environ.get("NS_CHROMIUM", "/usr/bin/chromium")
@@ -135,69 +133,3 @@ def screenshot(page, tmp_path: Path, name: str) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, out / name)
     return path
-
-
-def test_mlflow_ui_shows_pipeline_runs(chromium, mlflow_ui, tmp_path):
-    from mlflow import MlflowClient
-    from playwright.sync_api import expect, sync_playwright
-
-    url, store, experiment = mlflow_ui
-    client = MlflowClient(store)
-    exp = client.get_experiment_by_name(experiment)
-    assert exp is not None, f"no MLflow experiment {experiment!r} in {store}"
-    parents = client.search_runs([exp.experiment_id], "tags.`ns.role` = 'pipeline'",
-                                 order_by=["attributes.start_time DESC"])
-    assert parents, "no pipeline parent run in the store"
-    # the newest whole run: `dvc exp run`s that change only the students have no teacher runs
-    for parent in parents:
-        children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-        if any(r.info.run_name == "evaluate@teacher" for r in children):
-            break
-    else:
-        pytest.fail(f"no pipeline run in {experiment!r} has an evaluate@teacher child run")
-    # the teacher's and students' training and evaluation runs; the evaluations (test_top1) are
-    # compared: a training run logs a dozen metrics, which would push the accuracy out of the shot
-    shown = sorted((r for r in children if r.data.tags.get("ns.model")
-                    and r.info.run_name.startswith(("train_", "evaluate@"))), key=lambda r: r.info.start_time)
-    compared = [r for r in shown if r.info.run_name.startswith("evaluate@")]
-    models = {r.data.tags["ns.model"] for r in compared}
-    assert "teacher" in models and len(models) >= 2, f"need teacher and student evaluation runs, got {models}"
-    trained = {r.data.tags["ns.model"] for r in shown if r.info.run_name.startswith("train_")}
-    assert trained == models, f"training runs for {sorted(trained)}, evaluation runs for {sorted(models)}"
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
-            page.add_init_script(NO_ASSISTANT)
-            page.set_default_timeout(STEP_MS)
-
-            # MLflow 3 opens an experiment in its GenAI (traces) view; runs live in "Model training"
-            page.goto(f"{url}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning")
-            expect(page.locator(f'a[href$="/runs/{parent.info.run_id}"]'),
-                   f"parent run {parent.info.run_name} not shown in the runs table").to_have_text(
-                parent.info.run_name, timeout=FIRST_LOAD_MS)
-            # child runs sit folded under their parent: the button in its run-name cell unfolds them
-            page.locator(f'[row-id="{parent.info.run_id}"] [col-id="attributes.`Run Name`"] button').click()
-            for run in shown:
-                model, name = run.data.tags["ns.model"], run.info.run_name
-                kind = "teacher" if model == "teacher" else f"student {model}"
-                expect(page.locator(f'a[href$="/runs/{run.info.run_id}"]'),
-                       f"{kind} child run {name} not shown under the parent in the runs table").to_have_text(name)
-            for run in compared:
-                # ag-grid renders each row twice (pinned left + scrolling part); the checkbox is on the left
-                page.locator(f'[row-id="{run.info.run_id}"] input.ag-checkbox-input').check()
-            screenshot(page, tmp_path, "mlflow_runs.png")
-
-            page.get_by_role("button", name="Compare", exact=True).click()
-            expect(page.get_by_role("heading", name=f"Comparing {len(compared)} Runs"),
-                   "the run comparison did not open").to_be_visible()
-            run_names = page.locator("tr", has=page.locator("th", has_text="Run Name:"))
-            for run in compared:
-                expect(run_names, f"run {run.info.run_name} missing from the comparison").to_contain_text(
-                    run.info.run_name)
-            expect(page.get_by_role("link", name="test_top1", exact=True),
-                   "accuracy metric test_top1 missing from the comparison").to_be_visible()
-            screenshot(page, tmp_path, "mlflow_compare.png")
-        finally:
-            browser.close()
