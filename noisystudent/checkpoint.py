@@ -47,11 +47,32 @@ def save_model(path: Path, predictor: nn.Module, raw: nn.Module, meta: dict) -> 
     atomic_save_torch(path, ckpt)
 
 
+def _check_fields(path: Path, ckpt: dict) -> None:
+    """What goes to timm is checked first: an architecture name, never a `hf-hub:` or
+    `local-dir:` source (network, files outside the repository), and sane sizes."""
+    import re
+
+    import timm
+
+    arch, classes, chans = ckpt.get("arch"), ckpt.get("num_classes"), ckpt.get("in_chans")
+    if not isinstance(arch, str) or not re.fullmatch(r"[A-Za-z0-9_.]+", arch) or not timm.is_model(arch):
+        raise CheckpointError(f"{path}: arch {arch!r} is not a registered timm architecture name")
+    if not isinstance(classes, int) or not 2 <= classes <= 1_000_000:
+        raise CheckpointError(f"{path}: num_classes {classes!r} is not an integer from 2 to 1,000,000")
+    if chans not in (1, 3):
+        raise CheckpointError(f"{path}: in_chans {chans!r} is not 1 or 3")
+    if not isinstance(ckpt.get("state_dict"), dict):
+        raise CheckpointError(f"{path}: no state_dict of weights")
+
+
 def load_model(path: Path) -> tuple[nn.Module, dict]:
     """The model in eval mode, un-noised (dropout and stochastic depth 0), and its checkpoint."""
     from .models import create_model
 
     ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: not a model checkpoint (a {type(ckpt).__name__}, not a dict)")
+    _check_fields(path, ckpt)
     model = create_model(ckpt["arch"], ckpt["num_classes"], ckpt["in_chans"])
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), ckpt

@@ -5,8 +5,10 @@ the target (rename is atomic on POSIX within one filesystem).
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,17 +23,62 @@ class InputError(ValueError):
     as one line naming the file, without a traceback."""
 
 
+def _mode(default: int) -> int:
+    """`default` less the process umask: what open() and mkdir() would give (mkstemp and
+    mkdtemp make 0600 / 0700, which would otherwise survive the rename)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return default & ~umask
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename inside `folder` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _clear_stale(parent: Path, name: str) -> None:
+    """Temporary files and folders that a killed writer of `name` left (named with its pid):
+    inside an output folder they would change the folder's DVC hash."""
+    import shutil
+
+    for f in parent.glob(f".{glob.escape(name)}.*"):
+        m = re.fullmatch(rf"\.{re.escape(name)}\.(\d+)\.[^.]+\.(tmp|old)", f.name)
+        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            shutil.rmtree(f, ignore_errors=True) if f.is_dir() and not f.is_symlink() else f.unlink(missing_ok=True)
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _clear_stale(path.parent, path.name)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _mode(0o666))
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -46,14 +93,22 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    _clear_stale(path.parent, path.name)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        for root, _, files in os.walk(tmp):  # everything inside is on disk before the rename
+            for name in files:
+                with open(Path(root) / name, "rb") as f:
+                    os.fsync(f.fileno())
+            _fsync_dir(Path(root))
+        os.chmod(tmp, _mode(0o777))
         old = None
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".old", dir=path.parent))
             os.replace(path, old / path.name)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
         if old is not None:
             shutil.rmtree(old)
     except BaseException:

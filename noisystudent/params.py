@@ -14,12 +14,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Prob = Annotated[float, Field(ge=0.0, le=1.0)]
-PosInt = Annotated[int, Field(gt=0)]
+INT_MAX = 2**31 - 1  # sizes and counts end up in int32 arrays and tensors; seeds are derived arithmetically
+PosInt = Annotated[int, Field(gt=0, le=INT_MAX)]
+Seed = Annotated[int, Field(ge=0, le=INT_MAX)]
+Count = Annotated[int, Field(ge=0, le=INT_MAX)]
 
 
 class _Section(BaseModel):
-    # forbid: a typo such as `noise.droput` must fail, not be silently ignored
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # forbid: a typo such as `noise.droput` must fail, not be silently ignored;
+    # allow_inf_nan=False: `.inf` or `.nan` in any float (lr, temperature, ...) is refused
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataParams(_Section):
@@ -27,7 +31,7 @@ class DataParams(_Section):
     name: Literal["digits", "cifar10", "svhn", "stl10", "imagefolder"] = "digits"
     root: str = "data/raw"  # torchvision files or train/ unlabeled/ test/ [val/] folders; unused by digits
     download: bool = False  # torchvision sets only: fetch into root when missing
-    seed: int = 0  # the split
+    seed: Seed = 0  # the split
     image_size: PosInt | None = None  # digits: 16 when None; None: the data's own size (arrays) or the model's input size (folders)
     channels: Literal[1, 3] | None = None  # None: from the data (folders: 1 if every labeled image is grayscale)
     labeled_per_class: PosInt | None = 3  # None: all of train (less val); the rest joins the unlabeled pool
@@ -89,15 +93,15 @@ class TrainParams(_Section):
     momentum: Prob = 0.9
     weight_decay: Annotated[float, Field(ge=0)] = 5e-4
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.1
-    warmup_steps: Annotated[int, Field(ge=0)] = 20
-    seed: int = 0  # model init and batch order; iteration i trains with seed + i
+    warmup_steps: Count = 20
+    seed: Seed = 0  # model init and batch order; iteration i trains with seed + i
     ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.999  # 0 = off; else val, test and labeling use the EMA weights
     # where and how it runs (noisystudent/runtime.py): these can change the numbers, so they
     # stay dependencies; what only changes the speed is in section `speed`
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees a GPU
     # torch's intra-op threads (0: torch's default, the core count): on the CPU they split the
     # sums differently, so the numbers change with them (tests/test_deps.py measured it)
-    num_threads: Annotated[int, Field(ge=0)] = 0
+    num_threads: Count = 0
     precision: Precision = "fp32"  # mixed: bf16 where the hardware has it, else fp16 + gradient scaler
     channels_last: bool = False
     compile: bool = False  # torch.compile the model (first steps are slow while it compiles)
@@ -115,9 +119,9 @@ class SpeedParams(_Section):
     """How fast, never what: no stage depends on these (tests/test_deps.py proves each one
     result-neutral: changing it leaves every model and metric byte-identical), so tuning them
     re-runs nothing. torch's thread count is not here: it changes the numbers (train.num_threads)."""
-    train_workers: Annotated[int, Field(ge=0)] = 0  # training DataLoader workers (persistent, prefetching)
-    data_workers: Annotated[int, Field(ge=0)] = 0  # DataLoader workers decoding images (prepare, labeling, evaluation)
-    checkpoint_every: Annotated[int, Field(ge=0)] = 100  # steps between resume checkpoints (models/.resume/); 0 = none
+    train_workers: Count = 0  # training DataLoader workers (persistent, prefetching)
+    data_workers: Count = 0  # DataLoader workers decoding images (prepare, labeling, evaluation)
+    checkpoint_every: Count = 100  # steps between resume checkpoints (models/.resume/); 0 = none
 
 
 class PseudoParams(_Section):
@@ -133,7 +137,7 @@ class PseudoParams(_Section):
 class SelectParams(_Section):
     threshold: Prob = 0.3
     per_class: PosInt = 200
-    seed: int = 0
+    seed: Seed = 0
     balance: bool = True  # false (an ablation): every image at or above the threshold, once
     unlabeled_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0  # an ablation: a seeded share of the pool
 
@@ -163,7 +167,7 @@ class RobustnessParams(_Section):
     frames: Annotated[int, Field(ge=2)] = 8  # images per perturbation sequence
     epsilons: list[Annotated[float, Field(ge=0, le=64)]] = Field(default_factory=lambda: [0, 1, 2, 4, 8, 16], min_length=1)  # FGSM, 0-255 scale
     fgsm_epsilon: Annotated[float, Field(ge=0, le=64)] = 4  # the one reported in the summary; must be in epsilons
-    seed: int = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _reported_eps_measured(self) -> "RobustnessParams":
@@ -177,7 +181,7 @@ class GalleryParams(_Section):
     and its teacher disagree, the student's corrections first when the hidden label is known."""
     pool: PosInt = 2000  # unlabeled images both models predict (a seeded sample: big pools stay cheap)
     images: Annotated[int, Field(ge=1, le=60)] = 18  # shown in the grid (6 per row)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class EvalParams(_Section):

@@ -13,6 +13,7 @@ the run's records are spooled to `mlflow-pending/` and sent later (see StageRun)
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 PIPELINE_TAG = "ns.pipeline_key"
+PIPELINE_ID_TAG = "ns.pipeline_id"  # sha256 of the key: what lookups filter on
 
 
 def repo_root() -> Path:
@@ -226,11 +228,14 @@ def _create_child(client, j: dict) -> str:
     exp = client.get_experiment_by_name(j["experiment"])
     exp_id = exp.experiment_id if exp is not None else client.create_experiment(j["experiment"], artifact_location=artifact_location())
     key = j["pipeline_key"]
-    found = client.search_runs([exp_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{key}' and tags.`ns.role` = 'pipeline'", max_results=1)
+    # looked up by a digest: an experiment name with quotes can never break the filter string
+    lookup = hashlib.sha256(key.encode()).hexdigest()[:32]
+    found = client.search_runs([exp_id], filter_string=f"tags.`{PIPELINE_ID_TAG}` = '{lookup}' and tags.`ns.role` = 'pipeline'",
+                               max_results=1)
     if found:
         parent = found[0].info.run_id
     else:
-        tags = {PIPELINE_TAG: key, "ns.role": "pipeline", **j["parent_tags"]}
+        tags = {PIPELINE_TAG: key, PIPELINE_ID_TAG: lookup, "ns.role": "pipeline", **j["parent_tags"]}
         run = client.create_run(exp_id, run_name=j["parent_name"], tags=tags, start_time=j["start_ms"])
         _log_params(client, run.info.run_id, j["pipeline_params"])
         client.set_terminated(run.info.run_id)  # children may be added to a finished parent

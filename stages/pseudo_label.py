@@ -70,7 +70,8 @@ def run(p: Params, iteration: str, data_dir: Path, teacher_ckpt: Path, out: Path
         return stream_soft_labels(model, dl, pp.temperature, rt, noised=True)
 
     written = 0
-    with stage_run(p, f"pseudo_label@{iteration}") as tracked:
+    # one MLflow run per labeling: under torchrun, rank 0's (the ranks' rows go to one folder)
+    with stage_run(p, f"pseudo_label@{iteration}", enabled=int(os.environ.get("RANK", "0")) == 0) as tracked:
         tracked.log_params({"teacher": ckpt["name"], "teacher_arch": ckpt["arch"]})
         tracked.log_sections("pseudo")
         with progress(f"pseudo_label@{iteration}", total=len(ids), unit="img") as bar:

@@ -61,6 +61,13 @@ CASES = [
     ({"eval.robustness.fgsm_epsilon": 3}, "eval.robustness.fgsm_epsilon: 3 must be one of epsilons"),
     ({"mlflow.enabled": "maybe"}, "mlflow.enabled: Input should be a valid boolean"),
     ({"mlflow.experiment": ""}, "mlflow.experiment: String should have at least 1 character"),
+    # no infinities, no NaN, no seed or size beyond what the arrays and RNGs take
+    ({"train.lr": float("inf")}, "train.lr: Input should be a finite number (got inf)"),
+    ({"train.weight_decay": float("inf")}, "train.weight_decay: Input should be a finite number (got inf)"),
+    ({"pseudo.temperature": float("nan")}, "pseudo.temperature: Input should be a finite number (got nan)"),
+    ({"train.seed": 10**30}, "train.seed: Input should be less than or equal to 2147483647"),
+    ({"data.seed": -1}, "data.seed: Input should be greater than or equal to 0 (got -1)"),
+    ({"train.batch_size": 2**40}, "train.batch_size: Input should be less than or equal to 2147483647"),
 ]
 
 
@@ -112,3 +119,20 @@ def test_train_command_refuses_a_wrong_model_in_one_line(tmp_path, args, message
                                        str(tmp_path / "m.json"), "--params", str(tmp_path / "params.yaml")])
     assert r.exit_code == 1 and f"error: {message}" in r.output and "Traceback" not in r.output, r.output
     assert not out.exists() and not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("arch", "local-dir:/etc", "arch 'local-dir:/etc' is not a registered timm architecture name"),
+    ("arch", "hf-hub:timm/resnet18.a1_in1k", "arch 'hf-hub:timm/resnet18.a1_in1k' is not a registered timm architecture name"),
+    ("num_classes", 10**9, "num_classes 1000000000 is not an integer from 2 to 1,000,000"),
+    ("in_chans", 7, "in_chans 7 is not 1 or 3"),
+])
+def test_checkpoint_fields_are_checked_before_timm_sees_them(tmp_path, field, value, message):
+    import torch
+
+    from noisystudent.checkpoint import CheckpointError, load_model
+
+    ckpt = {"arch": "ns_resnet_xs", "num_classes": 10, "in_chans": 1, "state_dict": {}, field: value}
+    torch.save(ckpt, tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        load_model(tmp_path / "m.pt")

@@ -213,3 +213,31 @@ def test_atomic_dir_is_all_or_nothing(tmp_path):
         (t / "new.txt").write_text("new")
     assert sorted(f.name for f in d.iterdir()) == ["new.txt"]
     assert sorted(f.name for f in tmp_path.iterdir()) == ["prepared"]  # nothing left beside it
+
+
+def test_outputs_honour_the_umask_and_stale_temporaries_are_cleared(tmp_path):
+    """mkstemp / mkdtemp make 0600 / 0700: an output must get what open() would give under the
+    umask, so another user, an MLflow or web server can read it. A killed writer's temporary
+    file (named with its dead pid) inside an output folder is removed before the next write."""
+    import os
+    import subprocess
+    import sys
+
+    from noisystudent.io import atomic_dir, atomic_write_text
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    stale, live = folder / f".s1.json.{dead}.abc123.tmp", folder / f".s1.json.{os.getpid()}.def456.tmp"
+    stale.write_text("half")
+    live.write_text("a writer still at work")
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(folder / "s1.json", "{}")
+        with atomic_dir(tmp_path / "prepared") as d:
+            (d / "a.txt").write_text("x")
+    finally:
+        os.umask(old)
+    assert (folder / "s1.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "prepared").stat().st_mode & 0o777 == 0o755
+    assert not stale.exists() and live.exists()

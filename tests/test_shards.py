@@ -165,11 +165,19 @@ def test_pseudo_nproc_relaunches_labeling_under_torchrun(teacher, tmp_path):
     ranks label their shards into one complete folder."""
     raw = yaml.safe_load((teacher / "params.yaml").read_text())
     raw["pseudo"].update(nproc=2, num_shards=2)
+    raw["mlflow"] = {"enabled": True, "experiment": "ranks"}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    env = {**os.environ, "NS_QUIET": "1"}
+    env = {**os.environ, "NS_QUIET": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     r = _stage(["--iteration", "s1", "--data", str(teacher / "data"), "--teacher", str(teacher / "teacher.pt"),
                 "--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "labels")], env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "relaunching under torchrun" in r.stdout and "--nproc_per_node=2" in r.stdout
     counts = [int(n) for n in re.findall(r"wrote (\d+) rows", r.stdout)]
     assert len(counts) == 2 and all(counts) and sum(counts) == len(read_labels(tmp_path / "labels"))
+    # one MLflow run for the labeling, rank 0's, however many ranks labeled
+    import sqlite3
+
+    con = sqlite3.connect(tmp_path / "mlflow.db")
+    names = [n for (n,) in con.execute("select name from runs")]
+    con.close()
+    assert names.count("pseudo_label@s1") == 1, names

@@ -30,6 +30,20 @@ def test_child_runs_share_one_parent_per_pipeline(mlflow_uri, monkeypatch):
     assert [(m.step, m.value) for m in hist] == [(1, 0.5), (2, 0.7)]
 
 
+def test_an_experiment_name_with_quotes_finds_its_parent(mlflow_uri, monkeypatch, capsys):
+    """The parent run is looked up by a digest of the key: DVC_EXP_NAME="it's-\"exp\"" once
+    broke the filter string, so no stage of that experiment could log."""
+    monkeypatch.setenv("DVC_EXP_NAME", "it's-\"exp\"")
+    runs = []
+    for stage in ("prepare", "train_teacher"):
+        with StageRun(stage, "q", {}) as r:
+            r.log_metrics({"a": 1.0})
+        runs.append(r)
+    assert all(r.run_id and not r.failed for r in runs) and "WARNING" not in capsys.readouterr().err
+    parents = {r.client.get_run(r.run_id).data.tags["mlflow.parentRunId"] for r in runs}
+    assert len(parents) == 1
+
+
 def test_tracking_failure_warns_once_and_continues(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     (tmp_path / "a_file").write_text("")  # a file where the store's folder should be: cannot be created
