@@ -50,7 +50,7 @@ def run_child(n: int, out: Path, arch: str, batch_size: int, workers: int, rows_
     from noisystudent.data import loader as data_loader
     from noisystudent.models import create_model
     from noisystudent.shards import label_shard, open_labels_dir
-    from noisystudent.train import stream_soft_labels
+    from noisystudent.inference import stream_soft_labels
     from noisystudent.transforms import data_config, eval_transform
 
     torch.manual_seed(0)
