@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .images import GRAY_MODES, scan
-from .io import atomic_dir, atomic_path, atomic_write_csv, atomic_write_json, atomic_write_parquet
+from .io import atomic_dir, atomic_path, atomic_write_csv, atomic_write_json, atomic_write_parquet, file_sha256
 from .params import DataParams
 from .sources import DataError, Source, Split, load_source
 
@@ -79,6 +79,16 @@ def _check_usable(src: Source) -> None:
         raise DataError(f"{src.root}/unlabeled: no usable image")
 
 
+def _files_digest(root: Path, paths: list[str]) -> str:
+    """sha256 over every used file's path and bytes, in id order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.encode("utf-8", "surrogateescape") + b"\0" + file_sha256(root / p).encode())
+    return h.hexdigest()
+
+
 def _write_images(path: Path, parts: list[np.ndarray], chunk: int = 4096) -> None:
     """Concatenate uint8 arrays into one .npy, chunk by chunk (never two copies in memory)."""
     n = sum(len(a) for a in parts)
@@ -139,8 +149,10 @@ def _prepare(out_dir: Path, dp: DataParams, workers: int) -> dict:
     if src.is_files:
         paths = [p for _, split in parts for p in split.paths]
         atomic_write_parquet(out_dir / "files.parquet", pd.DataFrame({"id": np.arange(len(paths)), "path": paths}))
+        content = _files_digest(src.root, paths)
     else:
         _write_images(out_dir / "images.npy", [split.images for _, split in parts])
+        content = file_sha256(out_dir / "images.npy")
     for s in SPLITS:
         frame = pd.DataFrame({"id": ids[s], "label": all_labels[ids[s]]})
         if s == "unlabeled":
@@ -153,6 +165,9 @@ def _prepare(out_dir: Path, dp: DataParams, workers: int) -> dict:
         "storage": "files" if src.is_files else "array",
         "root": dp.root if src.is_files else None,
         "max_pixels": dp.max_pixels,  # later stages decode files under the same limit
+        # what the pixels are: an image replaced under the same name changes this file, so DVC
+        # re-runs every later stage and every fingerprint (resume, labels) sees it
+        "content_sha256": content,
         "num_classes": len(src.class_names),
         "in_chans": int(in_chans),
         "image_size": None if src.is_files else int(src.train.images.shape[1]),

@@ -54,6 +54,7 @@ def run(p: Params, iteration: str, data_dir: Path, teacher_ckpt: Path, out: Path
         tf = train_transform(ckpt["data_config"], randaugment_config(own["randaugment_n"], own["randaugment_m"]))
     ids = data.split("unlabeled")["id"].to_numpy()
     fingerprint = {"teacher_sha256": file_sha256(teacher_ckpt), "ids_sha256": ids_digest(ids), "num_ids": int(len(ids)),
+                   "data_sha256": data.meta["content_sha256"],  # the pixels, not only their ids
                    "temperature": pp.temperature, "batch_size": pp.batch_size, "num_shards": num_shards,
                    "rows_per_file": pp.rows_per_file, "precision": pp.precision, "noised": pp.noised, "seed": seed}
     # under torchrun every rank labels its own shards into one folder; rank 0 sets it up

@@ -180,3 +180,22 @@ def test_cifar10_through_every_stage(tmp_path, monkeypatch, tiny_params):
 
     ckpt = load_checkpoint(tmp_path / "run/models/teacher.pt")
     assert ckpt["in_chans"] == 3 and ckpt["data_config"]["input_size"] == [3, 32, 32]
+
+
+def test_an_image_replaced_under_its_name_changes_the_prepared_folder(tmp_path):
+    """The prepared folder records a digest of the pixels (meta.json `content_sha256`): an image
+    replaced in place under the same name changes it, so DVC re-runs every later stage and the
+    labeling fingerprint (which holds it) relabels instead of keeping old rows."""
+    from PIL import Image
+
+    root = make_imagefolder(tmp_path / "raw", train=4, test=2, unlabeled=6, bad=False)
+    kw = dict(labeled_per_class=None, val_per_class=1)
+    first = prepare(tmp_path / "p1", params("imagefolder", root, **kw))
+    again = prepare(tmp_path / "p2", params("imagefolder", root, **kw))
+    assert first["content_sha256"] == again["content_sha256"]  # the same files: the same digest
+    victim = next((root / "unlabeled").rglob("*.jpg"))
+    Image.new("RGB", (12, 12), (250, 0, 0)).save(victim, "JPEG")
+    changed = prepare(tmp_path / "p3", params("imagefolder", root, **kw))
+    assert (tmp_path / "p1/files.parquet").read_bytes() == (tmp_path / "p3/files.parquet").read_bytes()  # same names
+    assert changed["content_sha256"] != first["content_sha256"]
+    assert (tmp_path / "p1/meta.json").read_bytes() != (tmp_path / "p3/meta.json").read_bytes()
