@@ -136,3 +136,18 @@ def test_checkpoint_fields_are_checked_before_timm_sees_them(tmp_path, field, va
     torch.save(ckpt, tmp_path / "m.pt")
     with pytest.raises(CheckpointError, match=re.escape(message)):
         load_model(tmp_path / "m.pt")
+
+
+def test_torch_requirement_excludes_the_weights_only_bypass():
+    """The checkpoint defence is torch.load(weights_only=True), bypassable before torch 2.6
+    (CVE-2025-32434): the project must not admit such a torch, nor block patch releases."""
+    import tomllib
+
+    import torch
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    spec = next(Requirement(d) for d in deps if Requirement(d).name == "torch").specifier
+    assert "2.5.1" not in spec and "2.14.1" in spec and "2.14.2" in spec, spec
+    assert Version(torch.__version__.split("+")[0]) >= Version("2.6")
