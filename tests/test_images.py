@@ -18,7 +18,9 @@ def rng_image():
         ("zero bytes", lambda d, im: b"", "empty file"),
         ("text named .jpg", lambda d, im: b"hello, I am not an image\n" * 10, "not an image"),
         ("png cut in half", lambda d, im: png_bytes(im)[: len(png_bytes(im)) // 2], "truncated or corrupt"),
-        ("decompression bomb", lambda d, im: bomb_png(100_000, 100_000), "too large to decode safely"),
+        # 72 M pixels: above data.max_pixels (64 M), below PIL's own bomb limit (~89 M), so only
+        # the project's check can refuse it (a 10^10-pixel header was refused by PIL anyway)
+        ("decompression bomb", lambda d, im: bomb_png(9_000, 8_000), "too large to decode safely: 9000x8000 = 72000000 pixels > 64000000"),
     ],
 )
 def test_unusable_files_are_refused_with_a_reason(tmp_path, rng_image, kind, make, reason):
@@ -76,3 +78,16 @@ def test_scan_reports_reason_and_own_mode_in_order(tmp_path, rng_image, workers)
     out = scan(paths, workers=workers)
     assert out[:3] == [("", rng_image.mode), ("empty file (0 bytes)", ""), ("", "CMYK")]
     assert out == out[:3] * 50
+
+
+def test_the_pixel_limit_is_the_projects_own(tmp_path):
+    """The 72 M-pixel header passes PIL's limit: with data.max_pixels raised above it, it is no
+    longer refused as too large (it fails later, as the 1x1 file it really is)."""
+    from PIL import Image as PILImage
+
+    assert 9_000 * 8_000 < PILImage.MAX_IMAGE_PIXELS
+    p = tmp_path / "bomb.png"
+    p.write_bytes(bomb_png(9_000, 8_000))
+    with pytest.raises(BadImage) as e:
+        load_image(p, max_pixels=100_000_000)
+    assert "too large" not in str(e.value)
