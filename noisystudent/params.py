@@ -100,7 +100,7 @@ class TrainParams(_Section):
     # stay dependencies; what only changes the speed is in section `speed`
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees a GPU
     # torch's intra-op threads (0: torch's default, the core count): on the CPU they split the
-    # sums differently, so the numbers change with them (tests/test_deps.py measured it)
+    # sums differently, so the numbers change with them (measured: 1 vs 2 threads trained different weights)
     num_threads: Count = 0
     precision: Precision = "fp32"  # mixed: bf16 where the hardware has it, else fp16 + gradient scaler
     channels_last: bool = False
@@ -116,7 +116,7 @@ class TrainParams(_Section):
 
 
 class SpeedParams(_Section):
-    """How fast, never what: no stage depends on these (tests/test_deps.py proves each one
+    """How fast, never what: no stage depends on these (tests/test_pipeline.py proves each one
     result-neutral: changing it leaves every model and metric byte-identical), so tuning them
     re-runs nothing. torch's thread count is not here: it changes the numbers (train.num_threads)."""
     train_workers: Count = 0  # training DataLoader workers (persistent, prefetching)

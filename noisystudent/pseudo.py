@@ -96,6 +96,6 @@ def targets(selected: pd.DataFrame, num_classes: int, mode: str, smoothing: floa
     one-hot hard labels with the same label smoothing as labeled images (official code)."""
     if mode == "soft":
         return np.stack(selected["probs"].to_numpy()).astype(np.float32)
-    t = np.full((len(selected), num_classes), smoothing / num_classes, dtype=np.float32)
-    t[np.arange(len(selected)), selected["label"].to_numpy()] += 1.0 - smoothing
-    return t
+    from .data import one_hot
+
+    return one_hot(selected["label"].to_numpy(), num_classes, smoothing)

@@ -14,12 +14,9 @@ from noisystudent.params import Params
 cli = app(__doc__)
 
 
-def _my_shards(shard: int | None, num_shards: int) -> list[int]:
+def _my_shards(shard: int | None, num_shards: int, rank: int, world: int) -> list[int]:
     """The one asked for; else, under torchrun, this rank's share; else all, one after another."""
-    if shard is not None:
-        return [shard]
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    return list(range(rank, num_shards, world))
+    return [shard] if shard is not None else list(range(rank, num_shards, world))
 
 
 def run(p: Params, iteration: str, data_dir: Path, teacher_ckpt: Path, out: Path, shard: int | None = None,
@@ -43,6 +40,8 @@ def run(p: Params, iteration: str, data_dir: Path, teacher_ckpt: Path, out: Path
 
     set_threads(p.train.num_threads)
     pp, workers, seed = p.pseudo, p.speed.data_workers, p.train.seed
+    # under torchrun the ranks label apart (no process group): each its share of the shards
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     num_shards = num_shards or pp.num_shards
     data = Prepared.load(data_dir)
     model, ckpt = load_model(teacher_ckpt)
@@ -58,7 +57,7 @@ def run(p: Params, iteration: str, data_dir: Path, teacher_ckpt: Path, out: Path
                    "temperature": pp.temperature, "batch_size": pp.batch_size, "num_shards": num_shards,
                    "rows_per_file": pp.rows_per_file, "precision": pp.precision, "noised": pp.noised, "seed": seed}
     # under torchrun every rank labels its own shards into one folder; rank 0 sets it up
-    open_labels_dir(out, fingerprint, leader=shard is not None or int(os.environ.get("RANK", "0")) == 0)
+    open_labels_dir(out, fingerprint, leader=shard is not None or rank == 0)
 
     def predict(chunk: np.ndarray):
         if not pp.noised:
@@ -72,11 +71,11 @@ def run(p: Params, iteration: str, data_dir: Path, teacher_ckpt: Path, out: Path
 
     written = 0
     # one MLflow run per labeling: under torchrun, rank 0's (the ranks' rows go to one folder)
-    with stage_run(p, f"pseudo_label@{iteration}", enabled=int(os.environ.get("RANK", "0")) == 0) as tracked:
+    with stage_run(p, f"pseudo_label@{iteration}", enabled=rank == 0) as tracked:
         tracked.log_params({"teacher": ckpt["name"], "teacher_arch": ckpt["arch"]})
         tracked.log_sections("pseudo")
         with progress(f"pseudo_label@{iteration}", total=len(ids), unit="img") as bar:
-            for s in _my_shards(shard, num_shards):
+            for s in _my_shards(shard, num_shards, rank, world):
                 written += label_shard(ids, s, num_shards, out, pp.rows_per_file, predict, on_rows=bar.advance)
         tracked.log_metrics({"rows_written": written, "num_ids": len(ids)})
     return written
