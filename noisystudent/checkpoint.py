@@ -65,15 +65,18 @@ def _check_fields(path: Path, ckpt: dict) -> None:
         raise CheckpointError(f"{path}: no state_dict of weights")
 
 
-def load_model(path: Path) -> tuple[nn.Module, dict]:
-    """The model in eval mode, un-noised (dropout and stochastic depth 0), and its checkpoint."""
+def load_model(path: Path, noised: bool = False) -> tuple[nn.Module, dict]:
+    """The model in eval mode, un-noised (dropout and stochastic depth 0), and its checkpoint;
+    `noised` (the noised-teacher ablation): built with the dropout and stochastic depth of the
+    recipe it was trained with."""
     from .models import create_model
 
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: not a model checkpoint (a {type(ckpt).__name__}, not a dict)")
     _check_fields(path, ckpt)
-    model = create_model(ckpt["arch"], ckpt["num_classes"], ckpt["in_chans"])
+    noise = ckpt.get("recipe", {}).get("noise", {}) if noised else {}
+    model = create_model(ckpt["arch"], ckpt["num_classes"], ckpt["in_chans"], noise.get("dropout", 0.0), noise.get("drop_path", 0.0))
     model.load_state_dict(ckpt["state_dict"])
     return model.eval(), ckpt
 

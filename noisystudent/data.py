@@ -134,6 +134,13 @@ def one_hot(labels: np.ndarray, num_classes: int, smoothing: float = 0.0) -> np.
     return t
 
 
+def sample_seed(seed: int, stream: int, position: int) -> int:
+    """The augmentation seed of the `position`-th image a stream draws (or of image id
+    `position`): RandAugment's choices depend on (seed, stream, position) only, never on
+    workers, prefetching or a resume."""
+    return (seed * 0x9E3779B97F4A7C15 + stream * 0xBF58476D1CE4E5B9 + position) % 2**64
+
+
 class ImageDataset(Dataset):
     """Images by id from a store (ArrayImages / FileImages), each with a probability-vector
     target, or with its id when there are no targets (labeling, evaluation).

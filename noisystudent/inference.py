@@ -58,17 +58,45 @@ def accuracy(model: nn.Module, data: Prepared, split: str, transform, batch_size
 
 
 @torch.inference_mode()
-def stream_soft_labels(model: nn.Module, loader: DataLoader, temperature: float, rt: Runtime | None = None,
-                       noised: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Soft labels, batch by batch: (ids, softmax(logits / T)) as numpy. Nothing is kept
-    between batches, so a pool of any size streams through in flat memory. `noised` (an
-    ablation): train mode, so dropout and stochastic depth stay on (the caller seeds them and
-    gives a noised transform)."""
+def stream_soft_labels(model: nn.Module, loader: DataLoader, temperature: float,
+                       rt: Runtime | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Soft labels, batch by batch: (ids, softmax(logits / T)) as numpy, the model in eval
+    mode. Nothing is kept between batches, so a pool of any size streams through in flat memory."""
     from .pseudo import soft_labels
 
     rt = rt or Runtime.of(model)
-    model.train(noised)
+    model.eval()
     for x, ids in loader:
         with rt.autocast():
             logits = model(rt.input(x)).float()
         yield ids.numpy(), soft_labels(logits.cpu().numpy(), temperature)
+
+
+@torch.inference_mode()
+def noised_soft_labels(model: nn.Module, data: Prepared, ids: np.ndarray, transform, temperature: float, seed: int,
+                       batch_size: int, rt: Runtime, workers: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The noised-teacher ablation (`pseudo.noised`; the paper labels un-noised): `model` built
+    with its training dropout and stochastic depth (load_model(noised=True)), `transform` its
+    training RandAugment. An image's label depends on its id alone, never on its batch, shard
+    or a resume: its RandAugment draw is seeded by its id, and it goes through the model on its
+    own under a seed from its id (dropout and drop-path masks). BatchNorm uses its running
+    statistics (eval): batch statistics would tie a label to the images it is batched with,
+    and are not among the paper's noises (RandAugment, dropout, stochastic depth)."""
+    from .data import sample_seed
+    from .pseudo import soft_labels
+
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    keys = [(i, sample_seed(seed, 3, int(img))) for i, img in enumerate(ids)]
+    batches = [keys[k : k + batch_size] for k in range(0, len(keys), batch_size)]
+    dl = loader(ImageDataset(data.images, ids, None, transform), batch_sampler=batches, num_workers=workers,
+                pin_memory=rt.pin_memory)
+    for x, got in dl:
+        logits = []
+        for xi, img in zip(x, got.tolist()):
+            torch.manual_seed(sample_seed(seed, 4, img) % 2**63)
+            with rt.autocast():
+                logits.append(model(rt.input(xi[None])).float())
+        yield got.numpy(), soft_labels(torch.cat(logits).cpu().numpy(), temperature)

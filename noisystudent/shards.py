@@ -2,14 +2,14 @@
 and the selection over them out of core.
 
 Layout of a labels folder:
-  _fingerprint.json                     what the rows depend on (teacher, ids, temperature...)
+  _fingerprint.json                     what the rows depend on (code, params, teacher, images, ids)
   shard-00000-of-00004-part-00000.parquet   rows [0, R) of shard 0, written atomically
   shard-00000-of-00004-part-00001.parquet   rows [R, 2R) of shard 0
   shard-00000-of-00004.done             shard 0 complete
 A shard is a contiguous slice of the unlabeled ids; a part is a fixed slice of its shard. A
 killed run leaves whole parts only (atomic rename), so a re-run skips them and goes on from
 the first missing part: no row is lost or written twice. A folder made for another teacher,
-id list or temperature is cleared, never mixed.
+id list, params or code is cleared, never mixed; readers check every shard's row count.
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -27,7 +26,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from .io import atomic_path, atomic_write_json
+from .io import InputError, atomic_path, atomic_write_json
 from .pseudo import balance_copies, pseudo_label_accuracy
 
 FINGERPRINT = "_fingerprint.json"
@@ -52,31 +51,27 @@ def ids_digest(ids: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int64).tobytes()).hexdigest()
 
 
-def open_labels_dir(out: Path, fingerprint: dict, leader: bool = True, wait_s: float = 600.0) -> None:
+def open_labels_dir(out: Path, fingerprint: dict) -> None:
     """Create `out`, or keep it for resuming when it was made for the same fingerprint;
-    otherwise clear its shard files (they belong to another teacher or params).
+    otherwise clear its shard files (they belong to another teacher, params or code).
 
-    Several processes labeling one folder (torchrun ranks) must not clear each other's
-    parts: only the `leader` (rank 0) clears and writes the fingerprint; the others wait
-    until the folder carries the right one."""
-    fp_file = out / FINGERPRINT
-    if not leader:
-        deadline = time.monotonic() + wait_s
-        while _read_fingerprint(fp_file) != fingerprint:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{out}: rank 0 did not set up the labels folder within {wait_s:.0f} s")
-            time.sleep(0.2)
-        return
+    Many processes may open one folder (torchrun ranks, separate `--shard` jobs launched in
+    any way): an exclusive lock on `out/.lock` makes the first one the only one to clear
+    and stamp the folder; every later one finds it stamped with its fingerprint and labels."""
+    import fcntl
+
     out.mkdir(parents=True, exist_ok=True)
-    if fp_file.exists():
-        old = _read_fingerprint(fp_file)
-        if old == fingerprint:
-            return
-        print(f"{out}: made for other inputs ({_diff(old, fingerprint)}); starting afresh", flush=True)
-    # a fresh folder has nothing to clear: separate `--shard i` jobs may start on it at once
-    for f in out.glob("shard-*"):
-        f.unlink()
-    atomic_write_json(fp_file, fingerprint)
+    fp_file = out / FINGERPRINT
+    with open(out / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when the process dies
+        if fp_file.exists():
+            old = _read_fingerprint(fp_file)
+            if old == fingerprint:
+                return
+            print(f"{out}: made for other inputs ({_diff(old, fingerprint)}); starting afresh", flush=True)
+        for f in out.glob("shard-*"):
+            f.unlink()
+        atomic_write_json(fp_file, fingerprint)
 
 
 def _read_fingerprint(path: Path) -> dict | None:
@@ -120,7 +115,9 @@ def label_shard(
     mine = ids[shard_slice(len(ids), shard, num_shards)]
     done = out / done_name(shard, num_shards)
     if done.exists():
-        return 0
+        if shard_rows(out, shard, num_shards) == len(mine):
+            return 0
+        done.unlink()  # marked done, but a part went missing: label what is missing
     n_parts = max(1, -(-len(mine) // rows_per_file))
     first = next((j for j in range(n_parts) if not (out / part_name(shard, num_shards, j)).exists()), n_parts)
     kill_after = int(os.environ.get("NS_FAULT_KILL_AFTER_PARTS", "0"))  # fault injection (tests)
@@ -160,8 +157,15 @@ def label_shard(
     return written
 
 
+def shard_rows(labels_dir: Path, shard: int, num_shards: int) -> int:
+    """Rows in shard `shard`'s parts, from their Parquet footers (no data read)."""
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in labels_dir.glob(f"shard-{shard:05d}-of-{num_shards:05d}-part-*.parquet"))
+
+
 def check_complete(labels_dir: Path) -> list[Path]:
-    """The part files of a fully labeled folder; a clear error naming what is missing."""
+    """The part files of a fully labeled folder: every shard marked done and holding exactly
+    its share of the ids the folder was made for (row counts, so a deleted or foreign part is
+    caught, not silently read); else a clear error naming what is missing."""
     labels_dir = Path(labels_dir)
     parts = sorted(labels_dir.glob("shard-*-part-*.parquet"))
     if not parts:
@@ -169,7 +173,16 @@ def check_complete(labels_dir: Path) -> list[Path]:
     num_shards = int(parts[0].name.split("-of-")[1][:5])
     missing = [s for s in range(num_shards) if not (labels_dir / done_name(s, num_shards)).exists()]
     if missing:
-        raise RuntimeError(f"{labels_dir}: shards {missing} of {num_shards} are not finished: run pseudo_label for them")
+        raise InputError(f"{labels_dir}: shards {missing} of {num_shards} are not finished: run pseudo_label for them")
+    made_for = _read_fingerprint(labels_dir / FINGERPRINT)
+    if not isinstance(made_for, dict) or not isinstance(made_for.get("num_ids"), int):
+        raise InputError(f"{labels_dir}: {FINGERPRINT} is missing or unreadable: run pseudo_label again")
+    n = made_for["num_ids"]
+    wrong = [f"shard {s}: {have} rows, {want} expected" for s in range(num_shards)
+             if (have := shard_rows(labels_dir, s, num_shards)) != (want := len(range(n)[shard_slice(n, s, num_shards)]))]
+    if wrong or any(int(p.name.split("-of-")[1][:5]) != num_shards for p in parts):
+        raise InputError(f"{labels_dir}: incomplete or mixed pseudo labels ({'; '.join(wrong) or 'parts of another shard count'}):"
+                         " run pseudo_label again (it labels what is missing)")
     return parts
 
 

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .checkpoint import Resume, load_resume
+from .data import sample_seed
 from .progress import progress
 from .runtime import Runtime
 
@@ -45,12 +46,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def sample_seed(seed: int, stream: int, position: int) -> int:
-    """The augmentation seed of the `position`-th image a stream draws: RandAugment's choices
-    depend on (seed, stream, position) only, never on workers, prefetching or a resume."""
-    return (seed * 0x9E3779B97F4A7C15 + stream * 0xBF58476D1CE4E5B9 + position) % 2**64
 
 
 class CycleBatchSampler:

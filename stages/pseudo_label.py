@@ -25,17 +25,16 @@ def run(p: Params, iteration: str, data_dir: Path, teacher_ckpt: Path, out: Path
     image, streaming into bounded, resumable Parquet parts under `out` (see shards.py).
     Returns the number of rows this process wrote."""
     import numpy as np
-    import torch
 
     from noisystudent.checkpoint import load_model
-    from noisystudent.data import ImageDataset, Prepared, loader
-    from noisystudent.inference import id_loader, inference_runtime, stream_soft_labels
+    from noisystudent.data import Prepared
+    from noisystudent.inference import id_loader, inference_runtime, noised_soft_labels, stream_soft_labels
     from noisystudent.io import file_sha256
     from noisystudent.progress import progress
+    from noisystudent.provenance import fingerprint
     from noisystudent.runtime import set_threads
     from noisystudent.shards import ids_digest, label_shard, open_labels_dir
     from noisystudent.tracking import stage_run
-    from noisystudent.train import sample_seed
     from noisystudent.transforms import eval_transform, randaugment_config, train_transform
 
     set_threads(p.train.num_threads)
@@ -44,30 +43,24 @@ def run(p: Params, iteration: str, data_dir: Path, teacher_ckpt: Path, out: Path
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     num_shards = num_shards or pp.num_shards
     data = Prepared.load(data_dir)
-    model, ckpt = load_model(teacher_ckpt)
+    model, ckpt = load_model(teacher_ckpt, noised=pp.noised)
     rt = inference_runtime(p.train.device, pp.precision, p.train.channels_last)
     rt.model(model)
     tf = eval_transform(ckpt["data_config"])  # the teacher's own preprocessing, never noised
-    if pp.noised:  # the ablation: the input noise the teacher was trained with
+    if pp.noised:  # the ablation: the noise the teacher was trained with (its dropout and drop-path: load_model)
         own = ckpt["recipe"]["noise"]
         tf = train_transform(ckpt["data_config"], randaugment_config(own["randaugment_n"], own["randaugment_m"]))
     ids = data.split("unlabeled")["id"].to_numpy()
-    fingerprint = {"teacher_sha256": file_sha256(teacher_ckpt), "ids_sha256": ids_digest(ids), "num_ids": int(len(ids)),
-                   "data_sha256": data.meta["content_sha256"],  # the pixels, not only their ids
-                   "temperature": pp.temperature, "batch_size": pp.batch_size, "num_shards": num_shards,
-                   "rows_per_file": pp.rows_per_file, "precision": pp.precision, "noised": pp.noised, "seed": seed}
-    # under torchrun every rank labels its own shards into one folder; rank 0 sets it up
-    open_labels_dir(out, fingerprint, leader=shard is not None or rank == 0)
+    # kept parts are reused only if made by this code, params, teacher and images (else cleared)
+    made_for = fingerprint(p, Path(__file__), teacher_sha256=file_sha256(teacher_ckpt), ids_sha256=ids_digest(ids),
+                           num_ids=int(len(ids)), data_sha256=data.meta["content_sha256"], num_shards=num_shards)
+    # every process labeling this folder (torchrun ranks, --shard jobs) opens it; the first one sets it up
+    open_labels_dir(out, made_for)
 
     def predict(chunk: np.ndarray):
-        if not pp.noised:
-            return stream_soft_labels(model, id_loader(data, chunk, tf, pp.batch_size, rt, workers), pp.temperature, rt)
-        # noised: every image's augmentation and the dropout masks seeded, so a re-run gives the same labels
-        keys = [(i, sample_seed(seed, 3, int(i))) for i in range(len(chunk))]
-        batches = [keys[k : k + pp.batch_size] for k in range(0, len(keys), pp.batch_size)]
-        torch.manual_seed(seed * 7919 + int(chunk[0]) if len(chunk) else 0)
-        dl = loader(ImageDataset(data.images, chunk, None, tf), batch_sampler=batches, num_workers=workers, pin_memory=rt.pin_memory)
-        return stream_soft_labels(model, dl, pp.temperature, rt, noised=True)
+        if pp.noised:
+            return noised_soft_labels(model, data, chunk, tf, pp.temperature, seed, pp.batch_size, rt, workers)
+        return stream_soft_labels(model, id_loader(data, chunk, tf, pp.batch_size, rt, workers), pp.temperature, rt)
 
     written = 0
     # one MLflow run per labeling: under torchrun, rank 0's (the ranks' rows go to one folder)

@@ -51,6 +51,7 @@ def run(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Path, sele
     from noisystudent.inference import accuracy
     from noisystudent.io import InputError, atomic_write_csv, atomic_write_json, file_sha256
     from noisystudent.models import create_model, num_params
+    from noisystudent.provenance import fingerprint
     from noisystudent.recipe import fit_config, recipe
     from noisystudent.runtime import runtime, set_threads
     from noisystudent.tracking import stage_run
@@ -76,8 +77,10 @@ def run(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Path, sele
     # what the model is made of: the resume state of any other run is ignored
     made_of = {"recipe": r.as_dict(), "fit": {k: v for k, v in cfg.__dict__.items() if k != "checkpoint_every"},
                "label_smoothing": t.label_smoothing, "data_config": dcfg, "runtime": rt.describe()}
+    # a resume state is used only if made by this code, params and data (else: step 0)
     inputs = [data.root / "meta.json", data.root / "labeled.parquet", selected, teacher_ckpt if r.init_from_teacher else None]
-    resume = Resume(resume_path(out), {**made_of, "inputs": {str(f): file_sha256(f) for f in inputs if f is not None}})
+    resume = Resume(resume_path(out), {**made_of, **fingerprint(p, Path(__file__), inputs={
+        f.name: file_sha256(f) for f in inputs if f is not None})})
     stage = f"train_{name}" if r.supervised else f"train_student@{name}"
     with stage_run(p, stage, enabled=rt.main) as tracked:  # rank 0 alone writes checkpoints, metrics, MLflow records
         tracked.log_params({"arch": r.arch, "role": r.role, "num_params": num_params(model), "noise": r.noise, "fit": cfg.__dict__,

@@ -1,9 +1,9 @@
 """What each DVC stage really depends on: the import closure of its script (ast, following
-the package's absolute and relative imports, inside functions too) and the params keys it
-reads (through a recording view of the params, tests/paramtrace.py)."""
+the package's absolute and relative imports, inside functions too: noisystudent/provenance.py,
+which the resume fingerprints use too) and the params keys it reads (through a recording view
+of the params, tests/paramtrace.py)."""
 from __future__ import annotations
 
-import ast
 import importlib
 import inspect
 import re
@@ -11,68 +11,14 @@ from pathlib import Path
 
 from conftest import ROOT
 
-PACKAGES = ("noisystudent", "stages")
-
-
-def _module_file(name: str) -> Path | None:
-    base = ROOT / Path(*name.split("."))
-    for f in (base.with_suffix(".py"), base / "__init__.py"):
-        if f.exists():
-            return f
-    return None
-
-
-def _imports(path: Path) -> set[str]:
-    """Modules of this repository that `path` imports (anywhere in the file)."""
-    rel = path.relative_to(ROOT).with_suffix("")
-    package = list(rel.parts[:-1])  # the package a relative import starts from
-    found: set[str] = set()
-    tree = ast.parse(path.read_text(), str(path))
-    # imports under `if TYPE_CHECKING:` never run: they are annotations, not code a stage runs
-    typing_only = {id(n) for top in ast.walk(tree) if isinstance(top, ast.If) and _is_type_checking(top.test)
-                   for stmt in top.body for n in ast.walk(stmt)}
-    for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative: from . import x / from .x import y
-                base = package[: len(package) - node.level + 1]
-                mod = ".".join(base + ([node.module] if node.module else []))
-            else:
-                mod = node.module or ""
-            # `from pkg import name` may name a module of pkg
-            names = [mod] + [f"{mod}.{a.name}" for a in node.names]
-        else:
-            continue
-        for n in names:
-            if n.split(".")[0] in PACKAGES and _module_file(n) is not None:
-                found.add(n)
-    return found
-
-
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+from noisystudent.provenance import closure as _closure
+from noisystudent.provenance import module_file
 
 
 def closure(script: Path) -> set[str]:
-    """Repository-relative files `script` runs: itself and every module it reaches."""
-    todo, seen = [script], set()
-    while todo:
-        f = todo.pop()
-        if f in seen:
-            continue
-        seen.add(f)
-        todo += [_module_file(m) for m in _imports(f)]
-    # package __init__ files that hold nothing but a docstring and a version are not code a stage runs
-    return {str(f.relative_to(ROOT)) for f in seen if not (f.name == "__init__.py" and _trivial(f))}
-
-
-def _trivial(f: Path) -> bool:
-    body = ast.parse(f.read_text()).body
-    return all(isinstance(n, (ast.Expr, ast.Assign)) for n in body)
+    """Repository-relative files `script` runs: itself and every module it reaches (the
+    closure the resume and labeling fingerprints hash, noisystudent/provenance.py)."""
+    return {str(f.relative_to(ROOT)) for f in _closure(script, ROOT)}
 
 
 def dvc_yaml() -> dict:
@@ -84,7 +30,7 @@ def dvc_yaml() -> dict:
 def stage_script(cmd: str) -> Path:
     m = re.search(r"python -m (stages\.\w+)", cmd)
     assert m, f"cmd {cmd!r} does not run a stages/ module"
-    return _module_file(m.group(1))
+    return module_file(m.group(1), ROOT)
 
 
 def code_deps(stage: dict) -> set[str]:

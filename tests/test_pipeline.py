@@ -130,19 +130,41 @@ def test_pseudo_labels_use_the_unnoised_teacher(tmp_path, tiny_params):
     assert np.array_equal(np.stack(a["probs"]), np.stack(b["probs"]))
 
 
-def test_noised_teacher_ablation_labels_reproducibly_and_differently(tmp_path, tiny_params):
-    """pseudo.noised (the paper's "teacher noised too" ablation): dropout, stochastic depth and
-    RandAugment on while labeling, seeded per image: the same labels twice, not the clean ones."""
-    p = tiny_params(teacher__dropout=0.5, teacher__drop_path=0.3, pseudo__noised=True)
-    data = tmp_path / "data"
+def test_noised_teacher_ablation_labels_by_image_id(tmp_path, tiny_params):
+    """pseudo.noised (the paper's "teacher noised too" ablation): the teacher's own dropout,
+    stochastic depth and RandAugment on while labeling, each image seeded by its id: the same
+    labels whatever the sharding, the batching or a resume, and not the clean ones."""
+    import shutil
+
+    noise = {"teacher__dropout": 0.5, "teacher__drop_path": 0.3, "pseudo__rows_per_file": 40}
+    p = tiny_params(**noise, pseudo__noised=True)
+    data, t = tmp_path / "data", tmp_path / "t.pt"
     prepare_stage(p, data)
-    train_stage(p, "teacher", data, tmp_path / "t.pt", tmp_path / "t.json")
-    for out in ("a", "b"):
-        pseudo_label_stage(p, "s1", data, tmp_path / "t.pt", tmp_path / out)
-    pseudo_label_stage(tiny_params(teacher__dropout=0.5, teacher__drop_path=0.3), "s1", data, tmp_path / "t.pt", tmp_path / "clean")
-    a, b, clean = (np.stack(read_labels(tmp_path / d).sort_values("id")["probs"]) for d in ("a", "b", "clean"))
-    assert np.array_equal(a, b)
+    train_stage(p, "teacher", data, t, tmp_path / "t.json")
+    pseudo_label_stage(p, "s1", data, t, tmp_path / "a")
+    pseudo_label_stage(tiny_params(**noise, pseudo__noised=True, pseudo__batch_size=7), "s1", data, t, tmp_path / "b", num_shards=3)
+    shutil.copytree(tmp_path / "a", tmp_path / "resumed")  # a run killed after its first part
+    for f in (tmp_path / "resumed").glob("shard-*"):
+        if not f.name.endswith("part-00000.parquet"):
+            f.unlink()
+    assert pseudo_label_stage(p, "s1", data, t, tmp_path / "resumed") == len(read_labels(tmp_path / "a")) - 40
+    pseudo_label_stage(tiny_params(**noise), "s1", data, t, tmp_path / "clean")
+    a, b, resumed, clean = (np.stack(read_labels(tmp_path / d).sort_values("id")["probs"]) for d in ("a", "b", "resumed", "clean"))
+    assert np.array_equal(a, b) and np.array_equal(a, resumed)
     assert not np.allclose(a, clean, atol=1e-3)
+
+
+def test_noised_teacher_ablation_turns_the_teachers_dropout_on(tmp_path, tiny_params):
+    """Without RandAugment, the noised labels differ from the clean ones by the teacher's
+    dropout and stochastic depth alone (load_model(noised=True) builds them in)."""
+    noise = {"teacher__dropout": 0.5, "teacher__drop_path": 0.3, "teacher__randaugment_n": 0}
+    data, t = tmp_path / "data", tmp_path / "t.pt"
+    prepare_stage(tiny_params(**noise), data)
+    train_stage(tiny_params(**noise), "teacher", data, t, tmp_path / "t.json")
+    pseudo_label_stage(tiny_params(**noise, pseudo__noised=True), "s1", data, t, tmp_path / "noised")
+    pseudo_label_stage(tiny_params(**noise), "s1", data, t, tmp_path / "clean")
+    noised, clean = (np.stack(read_labels(tmp_path / d).sort_values("id")["probs"]) for d in ("noised", "clean"))
+    assert not np.allclose(noised, clean, atol=1e-3)
 
 
 def test_student_init_from_teacher_starts_at_the_teacher(tmp_path, tiny_params):

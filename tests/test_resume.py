@@ -17,13 +17,13 @@ from noisystudent.checkpoint import resume_path
 STEPS = {"teacher": {"steps": 24}, "student": {"steps": 18}, "train": {"batch_size": 16, "warmup_steps": 2}, "speed": {"checkpoint_every": 5}}
 
 
-def train(kind, d, out, env_extra=None, params="params.yaml"):
+def train(kind, d, out, env_extra=None, params="params.yaml", cwd=ROOT):
     env = {**os.environ, "NS_QUIET": "1", **(env_extra or {})}
     args = ["--data", str(d / "data"), "--out", str(d / out), "--metrics", str(d / (out + ".json")), "--params", str(d / params)]
     args = ["--model", "s1" if kind == "student" else "teacher", *args]
     if kind == "student":
         args = ["--selected", str(d / "selected.parquet"), "--teacher", str(d / "t0.pt"), *args]
-    return subprocess.run([sys.executable, "-m", "stages.train", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "stages.train", *args], cwd=cwd, env=env, capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +79,40 @@ def test_checkpoint_for_other_params_is_not_used(work):
     (work / "params_lr.yaml").write_text(yaml.safe_dump(raw))
     r = train("teacher", work, out, params="params_lr.yaml")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "made for other params or inputs (changed: fit); not used, starting from step 0" in r.stdout
+    assert "made for other params or inputs (changed: fit, params.train.lr); not used, starting from step 0" in r.stdout
     assert train("teacher", work, "fresh_lr.pt", params="params_lr.yaml").returncode == 0
     assert same_weights(work / out, work / "fresh_lr.pt")
+
+
+# the reviewer's probes: keys an earlier fingerprint left out (smoothing, the student's targets)
+@pytest.mark.parametrize("kind, section, key, value", [("teacher", "train", "label_smoothing", 0.4),
+                                                       ("student", "student", "targets", "hard")])
+def test_any_changed_key_restarts_training(work, kind, section, key, value):
+    out = f"changed_{key}.pt"
+    desc = "train_teacher" if kind == "teacher" else "train_student@s1"
+    assert train(kind, work, out, {"NS_FAULT_KILL_AT_STEP": f"{desc}:12"}).returncode == -signal.SIGKILL
+    raw = yaml.safe_load((work / "params.yaml").read_text())
+    raw[section][key] = value
+    (work / f"params_{key}.yaml").write_text(yaml.safe_dump(raw))
+    r = train(kind, work, out, params=f"params_{key}.yaml")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"params.{section}.{key}" in r.stdout and "not used, starting from step 0" in r.stdout
+
+
+def test_checkpoint_made_by_other_code_is_not_used(work, tmp_path):
+    """A line changed in a module the stage imports (a copy of the code, run from there): the
+    resume state of the killed run is dropped, as `dvc repro` re-runs the stage for it."""
+    import shutil
+
+    out = "code.pt"
+    assert train("teacher", work, out, {"NS_FAULT_KILL_AT_STEP": "train_teacher:12"}).returncode == -signal.SIGKILL
+    for pkg in ("stages", "noisystudent"):
+        shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(tmp_path / "noisystudent" / "recipe.py", "a") as f:
+        f.write("\n# a changed line\n")
+    r = train("teacher", work, out, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "(changed: code_sha256); not used, starting from step 0" in r.stdout
 
 
 def test_resume_checkpoint_is_plain_data_and_names_its_params(work):
@@ -91,7 +122,9 @@ def test_resume_checkpoint_is_plain_data_and_names_its_params(work):
     assert set(ckpt) == {"fingerprint", "step", "model", "ema", "optimizer", "scaler", "rng", "sums", "history"}
     fp = ckpt["fingerprint"]
     assert fp["recipe"]["arch"] == "ns_resnet_xs" and fp["fit"]["steps"] == 24 and fp["fit"]["lr"] == 0.05
-    assert set(fp["inputs"]) == {str(work / "data/meta.json"), str(work / "data/labeled.parquet")}
+    assert set(fp["inputs"]) == {"meta.json", "labeled.parquet"}
+    assert len(fp["code_sha256"]) == 64 and fp["params.train.label_smoothing"] == 0.1
+    assert not any(k.startswith(("params.speed.", "params.mlflow.")) for k in fp)  # how fast, never what
 
 
 class Evil:

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, tiny_raw
+from noisystudent.io import InputError
 from noisystudent.pseudo import balance
 from noisystudent.shards import check_complete, label_shard, open_labels_dir, read_labels, select_dataset
 
@@ -27,7 +28,7 @@ def fake_predict(num_classes=4, batch=5):
 
 
 def label_all(ids, out, num_shards=3, rows_per_file=7):
-    open_labels_dir(out, {"v": 1})
+    open_labels_dir(out, {"v": 1, "num_ids": len(ids)})
     for s in range(num_shards):
         label_shard(ids, s, num_shards, out, rows_per_file, fake_predict())
 
@@ -44,18 +45,72 @@ def test_parts_are_bounded_and_cover_every_id_once(tmp_path):
 
 def test_unfinished_shard_is_a_clear_error(tmp_path):
     ids = np.arange(30)
-    open_labels_dir(tmp_path, {"v": 1})
+    open_labels_dir(tmp_path, {"v": 1, "num_ids": len(ids)})
     label_shard(ids, 0, 2, tmp_path, 7, fake_predict())
-    with pytest.raises(RuntimeError, match=r"shards \[1\] of 2 are not finished"):
+    with pytest.raises(InputError, match=r"shards \[1\] of 2 are not finished"):
         check_complete(tmp_path)
+
+
+def test_a_lost_part_is_caught_by_row_counts_and_relabeled(tmp_path):
+    """Every shard marked done, one part deleted: readers refuse the folder (10 rows short),
+    and labeling again fills exactly the missing rows."""
+    ids = np.arange(100)
+    label_all(ids, tmp_path / "full", num_shards=2, rows_per_file=10)
+    label_all(ids, tmp_path / "lost", num_shards=2, rows_per_file=10)
+    (tmp_path / "lost" / "shard-00001-of-00002-part-00002.parquet").unlink()
+    with pytest.raises(InputError, match=r"shard 1: 40 rows, 50 expected"):
+        check_complete(tmp_path / "lost")
+    with pytest.raises(InputError):
+        read_labels(tmp_path / "lost")
+    label_all(ids, tmp_path / "lost", num_shards=2, rows_per_file=10)
+    full, healed = read_labels(tmp_path / "full"), read_labels(tmp_path / "lost")
+    pd.testing.assert_frame_equal(full.sort_values("id", ignore_index=True), healed.sort_values("id", ignore_index=True))
+
+
+def test_a_foreign_part_is_caught(tmp_path):
+    ids = np.arange(40)
+    label_all(ids, tmp_path / "a", num_shards=2, rows_per_file=10)
+    label_all(ids + 1000, tmp_path / "b", num_shards=2, rows_per_file=10)
+    extra = tmp_path / "a" / "shard-00000-of-00002-part-00009.parquet"
+    extra.write_bytes((tmp_path / "b" / "shard-00000-of-00002-part-00000.parquet").read_bytes())
+    with pytest.raises(InputError, match=r"shard 0: 30 rows, 20 expected"):
+        check_complete(tmp_path / "a")
+
+
+def test_separate_jobs_on_a_stale_folder_clear_it_once(tmp_path, monkeypatch):
+    """Eight `--shard` jobs opening a folder left by an earlier run at the same moment: one
+    clears and stamps it, none deletes a part another job has written since."""
+    import itertools
+    import threading
+    import time
+
+    import noisystudent.shards as shards
+
+    label_all(np.arange(20), tmp_path)  # the earlier run's folder
+    real_diff, calls = shards._diff, itertools.count()
+    # widen the race: each job that finds the folder stale lingers a little longer before clearing
+    monkeypatch.setattr(shards, "_diff", lambda *a: (time.sleep(0.05 * next(calls)), real_diff(*a))[1])
+    barrier = threading.Barrier(8)
+
+    def job(k):
+        barrier.wait()
+        open_labels_dir(tmp_path, {"v": 2, "num_ids": 8})
+        (tmp_path / f"shard-{k:05d}-of-00008-part-00000.parquet").write_bytes(b"x")
+
+    threads = [threading.Thread(target=job, args=(k,)) for k in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert sorted(f.name for f in tmp_path.glob("shard-*")) == [f"shard-{k:05d}-of-00008-part-00000.parquet" for k in range(8)]
 
 
 def test_fingerprint_change_clears_the_folder(tmp_path):
     ids = np.arange(20)
     label_all(ids, tmp_path)
-    open_labels_dir(tmp_path, {"v": 2})  # e.g. another teacher
+    open_labels_dir(tmp_path, {"v": 2, "num_ids": 20})  # e.g. another teacher
     assert not list(tmp_path.glob("shard-*"))
-    open_labels_dir(tmp_path, {"v": 2})  # same again: nothing to clear, resumable
+    (tmp_path / "shard-00000-of-00003-part-00000.parquet").write_bytes(b"kept")
+    open_labels_dir(tmp_path, {"v": 2, "num_ids": 20})  # same again: nothing cleared, resumable
+    assert (tmp_path / "shard-00000-of-00003-part-00000.parquet").exists()
 
 
 def test_select_out_of_core_equals_in_memory_balance(tmp_path):
