@@ -9,7 +9,9 @@ defaults to `sqlite:///<repo>/mlflow.db` with artifacts in `<repo>/mlartifacts`,
 
 Tracking must never cost a run its results: every call is guarded; on the first failure the
 tracker prints one warning and goes quiet, the stage carries on writing its DVC outputs, and
-the run's records are spooled to `mlflow-pending/` and sent later (see StageRun).
+the run's records are spooled to `mlflow-pending/` and sent later (see StageRun and spool.py).
+If even the spool fails (disk full), a second warning says what was lost, and the stage
+still succeeds; a record that cannot be sent is set aside, never blocking later stages.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from .spool import keep, pending_dir, sync_pending
 
 PIPELINE_TAG = "ns.pipeline_key"
 PIPELINE_ID_TAG = "ns.pipeline_id"  # sha256 of the key: what lookups filter on
@@ -109,10 +113,6 @@ def stage_run(p, stage: str, enabled: bool = True) -> "StageRun":
     return run
 
 
-def pending_dir() -> Path:
-    return repo_root() / "mlflow-pending"
-
-
 def _configure_http() -> None:
     # a tracking server that is down must not stall a stage for minutes of HTTP retries
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -166,7 +166,11 @@ class StageRun:
             self.journal["parent_name"] = os.environ.get("DVC_EXP_NAME") or time.strftime("repro-%Y%m%d-%H%M%S")
             self.journal["parent_tags"] = {"git_commit": git_commit(), "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "")}
             _configure_http()
-            self._guard("sync of pending records", sync_pending, quiet=True)
+            try:  # sets aside and reports what it cannot send: only the unforeseen reaches here
+                sync_pending(quiet=True)
+            except Exception as e:  # this stage still logs live
+                print(f"WARNING: MLflow sync of pending records failed ({type(e).__name__}: {str(e)[:300]}); they stay "
+                      f"in {pending_dir()}/ for a later stage", file=sys.stderr, flush=True)
         self._guard("start", self._start)
         return self
 
@@ -220,8 +224,16 @@ class StageRun:
         if self.run_id and not self.failed:
             self._guard("end", self.client.set_terminated, self.run_id, status)
         if self.failed:
-            self.journal.update(status=status, end_ms=int(time.time() * 1000), partial_run_id=self.run_id)
-            _spool(self.journal)
+            j = self.journal
+            try:
+                j.update(status=status, end_ms=int(time.time() * 1000), partial_run_id=self.run_id)
+                keep(j)
+            except Exception as e:  # disk full: the records are lost, the stage's outputs are not
+                print(f"WARNING: MLflow records of stage {self.stage} are lost: they could not be kept in "
+                      f"{pending_dir()}/ ({type(e).__name__}: {str(e)[:300]}); {len(j['params'])} params sections, "
+                      f"{len(j['metrics'])} metric values and {len(j['artifacts'])} artifacts are in no MLflow run "
+                      f"(the stage itself {'succeeded' if exc_type is None else 'failed'}; its DVC outputs are "
+                      f"unaffected)", file=sys.stderr, flush=True)
 
 
 def _create_child(client, j: dict) -> str:
@@ -242,79 +254,3 @@ def _create_child(client, j: dict) -> str:
         parent = run.info.run_id
     tags = {"mlflow.parentRunId": parent, "ns.stage": j["stage"], PIPELINE_TAG: key, **j.get("tags", {})}
     return client.create_run(exp_id, run_name=j["stage"], tags=tags, start_time=j["start_ms"]).info.run_id
-
-
-def _spool(journal: dict) -> None:
-    """Keep a failed run's records (and copies of its artifacts, which later runs may
-    overwrite) for `sync_pending`."""
-    import json
-    import shutil
-    import uuid
-
-    from .io import atomic_write_json
-
-    d = pending_dir()
-    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{journal['stage'].replace('@', '_')}-{uuid.uuid4().hex[:8]}"
-    kept = []
-    for a in journal["artifacts"]:
-        dst = d / f"{name}.artifacts" / Path(a).name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(a, dst)
-        kept.append(str(dst))
-    journal = {**journal, "artifacts": kept}
-    json.dumps(journal)  # fail here, not with a torn file, if anything is not JSON
-    atomic_write_json(d / f"{name}.json", journal)
-
-
-def sync_pending(quiet: bool = False) -> int:
-    """Send every spooled run to the tracking store; returns how many were sent. Each file is
-    claimed by an atomic rename first, so concurrent stages never send one twice."""
-    import json
-    import shutil
-
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    d = pending_dir()
-    files = sorted(d.glob("*.json")) if d.is_dir() else []
-    if not files:
-        return 0
-    client = MlflowClient(tracking_uri())
-    sent = 0
-    for f in files:
-        claimed = f.with_suffix(f".claimed-{os.getpid()}")
-        try:
-            f.rename(claimed)
-        except FileNotFoundError:
-            continue  # another stage took it
-        try:
-            j = json.loads(claimed.read_text())
-        except ValueError as e:
-            claimed.rename(f.with_suffix(".unreadable"))
-            print(f"WARNING: {f}: not a readable record ({e}); kept as {f.with_suffix('.unreadable').name}", file=sys.stderr)
-            continue
-        try:
-            if j.get("partial_run_id"):
-                try:
-                    client.delete_run(j["partial_run_id"])  # what the failure left half-logged
-                except Exception:
-                    pass  # never created, or already gone
-            run_id = _create_child(client, j)
-            for params in j["params"]:
-                _log_params(client, run_id, params)
-            ms = [Metric(*r) for r in j["metrics"]]
-            for i in range(0, len(ms), 1000):
-                client.log_batch(run_id, metrics=ms[i : i + 1000])
-            for a in j["artifacts"]:
-                client.log_artifact(run_id, a)
-            client.set_tag(run_id, "ns.sent_later", "true")
-            client.set_terminated(run_id, j["status"], end_time=j["end_ms"])
-        except BaseException:
-            claimed.rename(f)  # keep it for the next try
-            raise
-        claimed.unlink()
-        shutil.rmtree(d / f"{f.stem}.artifacts", ignore_errors=True)
-        sent += 1
-        if not quiet:
-            print(f"sent {f.name}: {j['stage']} ({len(j['metrics'])} metric values, {len(j['artifacts'])} artifacts)")
-    return sent

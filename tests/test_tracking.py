@@ -1,6 +1,26 @@
+import shutil
+
 import mlflow
+import pytest
 
 from noisystudent.tracking import StageRun, flatten, sync_pending
+
+
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory):
+    """An empty SQLite store, made once: creating its tables takes seconds."""
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    mlflow.tracking.MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def mlflow_uri(empty_store, tmp_path, monkeypatch):
+    """conftest's, from a copy of the empty store."""
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
 
 
 def test_flatten():
@@ -57,7 +77,7 @@ def test_tracking_failure_warns_once_and_continues(tmp_path, monkeypatch, capsys
     assert len(list((tmp_path / "mlflow-pending").glob("*.json"))) == 1
 
 
-def test_server_down_records_are_spooled_and_sent_later(tmp_path, monkeypatch, capsys):
+def test_server_down_records_are_spooled_and_sent_later(tmp_path, monkeypatch, capsys, empty_store):
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.setenv("DVC_EXP_NAME", "exp-down")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there
@@ -73,6 +93,7 @@ def test_server_down_records_are_spooled_and_sent_later(tmp_path, monkeypatch, c
     spooled = list((tmp_path / "mlflow-pending").glob("*.json"))
     assert len(spooled) == 1
 
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", db)
     assert sync_pending() == 1
@@ -89,9 +110,10 @@ def test_server_down_records_are_spooled_and_sent_later(tmp_path, monkeypatch, c
     assert open(local).read() == '{"selected": 7}'
 
 
-def test_locked_store_is_retried_then_spooled_and_sent_by_the_next_stage(tmp_path, monkeypatch, capsys):
+def test_locked_store_is_retried_then_spooled_and_sent_by_the_next_stage(tmp_path, monkeypatch, capsys, empty_store):
     import sqlite3
 
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.setenv("DVC_EXP_NAME", "exp-locked")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
