@@ -58,7 +58,11 @@ def decode(path: str | Path, mode: str = "RGB", max_pixels: int = DEFAULT_MAX_PI
     if size == 0:
         raise BadImage("empty file (0 bytes)")
     try:
-        with Image.open(path) as im:
+        fh = open(path, "rb")  # opened here: a file we may not read is "unreadable", not "corrupt"
+    except OSError as e:
+        raise BadImage(f"unreadable: {e.strerror}") from None
+    try:
+        with fh, Image.open(fh) as im:
             w, h = im.size  # header only: nothing decoded yet
             if w * h > max_pixels:
                 raise BadImage(f"too large to decode safely: {w}x{h} = {w * h} pixels > {max_pixels}")
@@ -70,7 +74,11 @@ def decode(path: str | Path, mode: str = "RGB", max_pixels: int = DEFAULT_MAX_PI
         raise BadImage("not an image (unrecognised format)") from None
     except Image.DecompressionBombError as e:
         raise BadImage(f"too large to decode safely: {e}") from None
-    except (OSError, SyntaxError, ValueError) as e:  # PIL reports truncation/corruption as these
+    except OSError as e:
+        if e.errno is not None:  # the system failed to read it (EIO...); PIL's own errors carry no errno
+            raise BadImage(f"unreadable: {e.strerror}") from None
+        raise BadImage(f"truncated or corrupt: {e}") from None
+    except (SyntaxError, ValueError) as e:  # PIL reports truncation/corruption as these
         raise BadImage(f"truncated or corrupt: {e}") from None
 
 

@@ -108,8 +108,32 @@ def torchvision_set(name: str, root: Path, download: bool) -> Source:
     raise DataError(f"data.name: unknown dataset {name!r}")
 
 
-def _files_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file())
+def shown(path: str) -> str:
+    """A file name as it can be written anywhere (CSV, Parquet, a terminal): bytes that are
+    not UTF-8 appear as \\xNN escapes."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _files_under(folder: Path, root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Every image file under `folder`, and the entries refused before any decoding, each
+    with its reason: a link resolving outside data.root (it would pull files from elsewhere
+    into the dataset), a broken link, a linked folder (not followed: it could copy images
+    from one split into another), a name that is not UTF-8 (it could not be recorded)."""
+    real_root, files, refused = root.resolve(), [], []
+    for p in sorted(folder.rglob("*")):
+        if p.is_symlink() and not p.exists():
+            refused.append((p, "broken symbolic link"))
+        elif p.is_symlink() and p.is_dir():
+            refused.append((p, "linked folder, not followed"))
+        elif not p.is_file():
+            continue
+        elif not p.resolve().is_relative_to(real_root):
+            refused.append((p, f"links outside data.root (to {shown(str(p.resolve()))})"))
+        elif shown(p.name) != p.name:
+            refused.append((p, "file name is not valid UTF-8"))
+        else:
+            files.append(p)
+    return files, refused
 
 
 def _class_folder(root: Path, split: str, classes: list[str] | None) -> tuple[Split, list[str], list[tuple[str, str, str]]]:
@@ -118,7 +142,9 @@ def _class_folder(root: Path, split: str, classes: list[str] | None) -> tuple[Sp
     if not folder.is_dir():
         raise DataError(f"data.root={root}: {split}/ not found (expected {split}/<class>/<image files>)")
     found = sorted(d.name for d in folder.iterdir() if d.is_dir())
-    bad = [(split, str(p.relative_to(root)), "not inside a class folder") for p in sorted(folder.iterdir()) if p.is_file()]
+    bad = [(split, shown(str(p.relative_to(root))), "not inside a class folder") for p in sorted(folder.iterdir()) if p.is_file()]
+    if odd := [shown(d) for d in found if shown(d) != d]:
+        raise DataError(f"data.root={root}: {split}/ has class folder names that are not UTF-8: {odd} (rename them)")
     if classes is None:
         classes = found
         if not classes:
@@ -131,7 +157,9 @@ def _class_folder(root: Path, split: str, classes: list[str] | None) -> tuple[Sp
             raise DataError(f"data.root={root}: {split}/ has classes not in train/: {unknown}")
     paths, labels = [], []
     for c, name in enumerate(classes):
-        for p in _files_under(folder / name) if (folder / name).is_dir() else []:
+        files, refused = _files_under(folder / name, root) if (folder / name).is_dir() else ([], [])
+        bad += [(split, shown(str(p.relative_to(root))), why) for p, why in refused]
+        for p in files:
             paths.append(str(p.relative_to(root)))
             labels.append(c)
     if not paths:
@@ -153,7 +181,9 @@ def imagefolder(root: Path) -> Source:
         bad += b
     if not (root / "unlabeled").is_dir():
         raise DataError(f"data.root={root}: unlabeled/ not found (the pool the teacher labels: unlabeled/**/<image files>)")
-    pool = [str(p.relative_to(root)) for p in _files_under(root / "unlabeled")]
+    files, refused = _files_under(root / "unlabeled", root)
+    bad += [("unlabeled", shown(str(p.relative_to(root))), why) for p, why in refused]
+    pool = [str(p.relative_to(root)) for p in files]
     if not pool:
         raise DataError(f"data.root={root}: unlabeled/ holds no files")
     unlabeled = Split(np.full(len(pool), -1, dtype=np.int64), paths=pool)

@@ -199,3 +199,58 @@ def test_an_image_replaced_under_its_name_changes_the_prepared_folder(tmp_path):
     assert (tmp_path / "p1/files.parquet").read_bytes() == (tmp_path / "p3/files.parquet").read_bytes()  # same names
     assert changed["content_sha256"] != first["content_sha256"]
     assert (tmp_path / "p1/meta.json").read_bytes() != (tmp_path / "p3/meta.json").read_bytes()
+
+
+def test_links_and_odd_names_are_refused_with_their_own_reason(tmp_path):
+    """A link resolving outside data.root, a broken link, a linked folder and a file name that
+    is not UTF-8: each is a row in bad_files.csv with its own reason; none enters a split and
+    nothing crashes (the non-UTF-8 name used to crash writing files.parquet)."""
+    import os
+
+    root = make_imagefolder(tmp_path / "raw", train=4, test=2, unlabeled=6, bad=False)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    good = next((root / "train/cat").glob("*"))
+    (outside / "secret.png").write_bytes(good.read_bytes())
+    (root / "train/cat/escape.png").symlink_to(outside / "secret.png")
+    (root / "train/cat/inside.png").symlink_to(good)  # a link that stays inside the root is an ordinary file
+    (root / "unlabeled/broken.png").symlink_to(tmp_path / "gone.png")
+    (root / "unlabeled/linked").symlink_to(outside, target_is_directory=True)
+    os.rename(next((root / "unlabeled").rglob("*.jpg")), os.fsencode(root / "unlabeled") + b"/caf\xe9.jpg")
+    meta = prepare(tmp_path / "p", params("imagefolder", root, labeled_per_class=None, val_per_class=1))
+    report = pd.read_csv(tmp_path / "p/bad_files.csv")
+    reasons = dict(zip(report["path"], report["reason"]))
+    assert reasons == {
+        "train/cat/escape.png": f"links outside data.root (to {(outside / 'secret.png').resolve()})",
+        "unlabeled/broken.png": "broken symbolic link",
+        "unlabeled/linked": "linked folder, not followed",
+        "unlabeled/caf\\xe9.jpg": "file name is not valid UTF-8",
+    }
+    assert meta["bad_by_reason"] == {"broken symbolic link": 1, "file name is not valid UTF-8": 1,
+                                     "linked folder, not followed": 1, "links outside data.root": 1}
+    files = set(pd.read_parquet(tmp_path / "p/files.parquet")["path"])
+    assert "train/cat/inside.png" in files and not any("escape" in f or "secret" in f for f in files)
+    assert meta["counts"]["unlabeled"] == 5
+
+
+def test_a_file_that_cannot_be_read_is_unreadable_not_corrupt(tmp_path, monkeypatch):
+    """Permission denied (or an I/O error) is the system's refusal, not a damaged image: its
+    own reason. (Tests run as root, where chmod 000 still reads: the open is made to fail.)"""
+    import builtins
+    import errno
+
+    root = make_imagefolder(tmp_path / "raw", train=4, test=2, unlabeled=6, bad=False)
+    victim = next((root / "unlabeled").rglob("*.jpg"))
+
+    real_open = builtins.open
+
+    def guarded_open(path, *a, **kw):
+        if str(path) == str(victim):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    meta = prepare(tmp_path / "p", params("imagefolder", root, labeled_per_class=None, val_per_class=1))
+    report = pd.read_csv(tmp_path / "p/bad_files.csv")
+    assert list(report["reason"]) == ["unreadable: Permission denied"]
+    assert meta["bad_by_reason"] == {"unreadable": 1}
