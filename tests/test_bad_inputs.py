@@ -93,11 +93,41 @@ def test_bad_param_is_one_line_naming_key_and_value(tmp_path, overrides, message
     assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
-def test_docs_table_lists_every_case():
+def _doc_tables() -> tuple[list[str], list[str]]:
+    """The params rows (their `change` cell) and the rows of the files-and-failures table."""
     doc = (ROOT / "docs/bad_inputs.md").read_text()
-    rows = set(re.findall(r"^\| `([^`]+)` \|", doc, flags=re.M))
-    assert {case_id(o) for o, _ in CASES} <= rows, sorted({case_id(o) for o, _ in CASES} - rows)
-    assert len(CASES) >= 20
+    params_part, files_part = doc.split("## Bad files")
+    params_rows = re.findall(r"^\| `([^`]+)` \|", params_part, flags=re.M)
+    file_rows = [r for r in re.findall(r"^\|.*\|$", files_part, flags=re.M) if not r.startswith(("| input", "|---"))]
+    return params_rows, file_rows
+
+
+def test_docs_params_table_is_exactly_the_tested_cases():
+    """No untested row in the docs, no tested case missing from them."""
+    rows, _ = _doc_tables()
+    cases = [case_id(o) for o, _ in CASES]
+    assert sorted(rows) == sorted(cases), {"not tested": sorted(set(rows) - set(cases)), "not in docs": sorted(set(cases) - set(rows))}
+
+
+def test_docs_file_rows_name_tests_that_exist():
+    """Every row of the files-and-failures table names at least one test, and each named test
+    file (and function, where named) exists."""
+    _, rows = _doc_tables()
+    assert rows
+    for row in rows:
+        refs = re.findall(r"`(test_\w+\.py)(?:::(\w+)(?:\[([\w-]+)\])?)?", row.rsplit("|", 2)[-2])
+        assert refs, f"row names no test: {row[:80]}"
+        for file, func, case in refs:
+            path = ROOT / "tests" / file
+            assert path.exists(), f"{file} (named in docs/bad_inputs.md) does not exist"
+            assert not func or re.search(rf"^def {func}\(", path.read_text(), flags=re.M), f"{file}::{func} does not exist"
+            assert not case or f'"{case}"' in path.read_text(), f"{file}::{func}[{case}]: no such case id"
+
+
+def test_readme_counts_match_the_docs():
+    params_rows, file_rows = _doc_tables()
+    m = re.search(r"(\d+) bad params values and (\d+) bad files, folders, checkpoints and failures", (ROOT / "README.md").read_text())
+    assert m and (int(m[1]), int(m[2])) == (len(params_rows), len(file_rows))
 
 
 @pytest.mark.parametrize("args, message", [
