@@ -1,13 +1,10 @@
 """Robustness measurements of the paper (ImageNet-C, ImageNet-P, FGSM), for any dataset.
 
-- Corruptions: the 15 ImageNet-C corruptions x 5 severities from the maintained package
-  `imagecorruptions` (1.1.2), seeded per (corruption, severity, image) so every model sees
-  identical images. Adaptations, all here: the package refuses images under 32 px, so smaller
-  ones are upsampled (bilinear) to 32 px, corrupted, and downsampled back (area); grayscale
-  comes back as 3 channels and is converted back to L; `glass_blur` passes skimage's removed
-  `multichannel=` (translated to `channel_axis=`), `fog` uses numpy's removed `np.float_`
-  (aliased to float64), and `impulse_noise` draws from an unseeded generator (given one drawn
-  from the seeded global state).
+- Corruptions: the 15 ImageNet-C corruptions x 5 severities of imagecorruptions 1.1.2, carried
+  in corruptions.py (Apache-2.0; what was changed is listed there), seeded per (corruption,
+  severity, image) so every model sees identical images. They take RGB images of at least
+  32 px, so smaller ones are upsampled (bilinear) to 32 px, corrupted, and downsampled back
+  (area), and grayscale goes in as RGB and comes back converted to L.
 - Perturbations (ImageNet-P style): per image a sequence of `frames` copies, gradually more
   perturbed (rotate, scale, translate, tilt, brightness) or re-noised at a fixed level
   (gaussian and shot noise). Flip probability as ImageNet-P defines it: against the first
@@ -30,50 +27,7 @@ from PIL import Image
 from .params import CORRUPTIONS, PERTURBATIONS  # the names params.yaml may use
 
 NOISE_SEQUENCES = ("gaussian_noise", "shot_noise")  # compared with the first frame, not the previous
-MIN_SIZE = 32  # imagecorruptions refuses smaller images
-
-
-def _shim_imagecorruptions():
-    """Make imagecorruptions 1.1.2 work with numpy 2 and scikit-image >= 0.19 (see module doc)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # its `pkg_resources` import warns
-        import imagecorruptions.corruptions as ic
-
-    if getattr(ic, "_ns_shimmed", False):
-        return ic
-    if not hasattr(np, "float_"):
-        np.float_ = np.float64  # fog's plasma fractal
-    gaussian = ic.gaussian
-
-    def gaussian_compat(image, sigma=1, multichannel=None, **kw):
-        if multichannel is not None:
-            kw["channel_axis"] = -1 if multichannel else None
-        return gaussian(image, sigma=sigma, **kw)
-
-    real_sk = ic.sk
-
-    def seeded_random_noise(image, **kw):
-        kw.setdefault("rng", np.random.randint(0, 2**31 - 1))
-        return real_sk.util.random_noise(image, **kw)
-
-    class _Util:  # skimage.util as impulse_noise sees it: random_noise gets a seeded generator
-        random_noise = staticmethod(seeded_random_noise)
-
-        def __getattr__(self, name):
-            return getattr(real_sk.util, name)
-
-    class _Sk:
-        util = _Util()
-
-        def __getattr__(self, name):
-            return getattr(real_sk, name)
-
-    ic.gaussian = gaussian_compat
-    ic.sk = _Sk()
-    ic._ns_shimmed = True
-    return ic
+MIN_SIZE = 32  # the corruptions refuse smaller images (corruptions.MIN_SIZE)
 
 
 def image_seed(seed: int, *keys: int) -> int:
@@ -86,8 +40,7 @@ def image_seed(seed: int, *keys: int) -> int:
 def corrupt_image(img: np.ndarray, name: str, severity: int, seed: int) -> np.ndarray:
     """One corruption of one uint8 image ([H, W] or [H, W, C]); same shape and dtype back,
     identical for identical (image, name, severity, seed)."""
-    _shim_imagecorruptions()
-    from imagecorruptions import corrupt
+    from .corruptions import corrupt
 
     if name not in CORRUPTIONS:
         raise ValueError(f"unknown corruption {name!r}; known: {', '.join(CORRUPTIONS)}")
@@ -99,8 +52,7 @@ def corrupt_image(img: np.ndarray, name: str, severity: int, seed: int) -> np.nd
         f = math.ceil(MIN_SIZE / min(h, w))
         pil = pil.resize((w * f, h * f), Image.BILINEAR)
     rgb = np.asarray(pil.convert("RGB"))
-    np.random.seed(seed)
-    out = corrupt(rgb, severity=severity, corruption_name=name)
+    out = corrupt(rgb, name, severity, np.random.RandomState(seed))  # the stream np.random.seed(seed) gave
     out = Image.fromarray(np.uint8(np.clip(np.asarray(out), 0, 255)))
     if small:
         out = out.resize((w, h), Image.BOX)

@@ -53,7 +53,8 @@ def run(p: Params, data_dir: Path, out: Path) -> dict:
         meta = {"num_images": n, "image_size": list(clean.shape[1:3]), "in_chans": data.in_chans,
                 "corruptions": list(rp.corruptions), "severities": list(rp.severities),
                 "perturbations": list(rp.perturbations), "frames": rp.frames, "seed": rp.seed,
-                "adapted": "images under 32 px are upsampled to 32 px for imagecorruptions and downsampled back"
+                "adapted": "images under 32 px are upsampled to 32 px for the imagecorruptions 1.1.2 corruptions "
+                "(carried in noisystudent/corruptions.py) and downsampled back"
                 if min(clean.shape[1:3]) < R.MIN_SIZE else ""}
         atomic_write_json(tmp / "meta.json", meta)
         tracked.log_sections("eval.robustness")
