@@ -97,6 +97,8 @@ def code_digest(script: Path, root: Path = ROOT) -> str:
 
 def params_fingerprint(p) -> dict:
     """Every params value but the NEUTRAL sections, as dotted keys (so a mismatch names the key)."""
+    from .params import unwrap
+
     out: dict = {}
 
     def walk(d: dict, prefix: str) -> None:
@@ -106,7 +108,9 @@ def params_fingerprint(p) -> dict:
             else:
                 out[f"{prefix}{k}"] = v
 
-    walk({k: v for k, v in p.model_dump(mode="json").items() if k not in NEUTRAL}, "params.")
+    # unwrap: reading every key here decides only whether a kept result is reused (a fresh run
+    # gives the same bytes), so it must not count as a dependency in the params-deps check
+    walk({k: v for k, v in unwrap(p).model_dump(mode="json").items() if k not in NEUTRAL}, "params.")
     return out
 
 

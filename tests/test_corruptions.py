@@ -1,10 +1,11 @@
-"""The ImageNet-C corruptions carried in noisystudent/corruptions.py give, byte for byte, what
-the imagecorruptions 1.1.2 package (with robustness.py's former shims) gave: digests of every
-corruption x severity on five fixed images, recorded with the package before it was dropped
-(tests/data/corruption_digests.json). And the carried code needs none of the old patches:
-no `np.float_` alias, no imagecorruptions, no pkg_resources."""
-import hashlib
-import json
+"""The ImageNet-C corruptions carried in noisystudent/corruptions.py give what the
+imagecorruptions 1.1.2 package (with robustness.py's former shims) gave: every corruption x
+severity on five fixed images, recorded with the package before it was dropped
+(tests/data/corruption_outputs.npz; on the machine that recorded them the carried code matched
+all 375 byte for byte). The comparison allows one grey level on a few pixels: OpenCV and numpy
+take CPU-specific paths (IPP, AVX-512) that may move a rounding on another machine; a changed
+constant or step moves far more. And the carried code needs none of the old patches: no
+`np.float_` alias, no imagecorruptions, no pkg_resources."""
 import subprocess
 import sys
 from pathlib import Path
@@ -15,12 +16,12 @@ import pytest
 from conftest import ROOT
 from noisystudent import robustness as R
 
-DIGESTS = json.loads((Path(__file__).parent / "data" / "corruption_digests.json").read_text())["digests"]
+GOLDEN = dict(np.load(Path(__file__).parent / "data" / "corruption_outputs.npz"))
 SEED = 7  # corrupt_image's seed: R.image_seed(SEED, corruption index, severity)
 
 
 def images() -> dict[str, np.ndarray]:
-    """The five images the digests were made from (changing this voids them)."""
+    """The five images the recorded outputs were made from (changing this voids them)."""
     rng = np.random.default_rng(20240601)
     flat = np.zeros((48, 48, 3), np.uint8)  # flat areas, saturated and black, and a ramp
     flat[:24, :24] = 255
@@ -39,21 +40,22 @@ def images() -> dict[str, np.ndarray]:
 IMAGES = images()
 
 
-def test_the_digests_cover_every_corruption_severity_and_image():
+def test_the_recorded_outputs_cover_every_corruption_severity_and_image():
     want = {f"{c}/{s}/{i}" for c in R.CORRUPTIONS for s in range(1, 6) for i in IMAGES}
-    assert set(DIGESTS) == want and len(want) == 375
+    assert set(GOLDEN) == want and len(want) == 375
 
 
 @pytest.mark.parametrize("name", R.CORRUPTIONS)
-def test_outputs_match_the_package_byte_for_byte(name):
+def test_outputs_match_the_package(name):
     ci = R.CORRUPTIONS.index(name)
     wrong = []
     for s in range(1, 6):
         for iname, img in IMAGES.items():
             out = R.corrupt_image(img, name, s, R.image_seed(SEED, ci, s))
             assert out.shape == img.shape and out.dtype == np.uint8
-            if hashlib.sha256(out.tobytes()).hexdigest() != DIGESTS[f"{name}/{s}/{iname}"]:
-                wrong.append(f"{name}/{s}/{iname}")
+            diff = np.abs(out.astype(np.int16) - GOLDEN[f"{name}/{s}/{iname}"])
+            if diff.max() > 1 or (diff > 0).mean() > 0.01:
+                wrong.append(f"{name}/{s}/{iname} (max {diff.max()}, {100 * (diff > 0).mean():.1f} % of values differ)")
     assert not wrong, f"differ from imagecorruptions 1.1.2: {wrong}"
 
 
