@@ -59,22 +59,23 @@ def accuracy(model: nn.Module, data: Prepared, split: str, transform, batch_size
 
 @torch.inference_mode()
 def stream_soft_labels(model: nn.Module, loader: DataLoader, temperature: float,
-                       rt: Runtime | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Soft labels, batch by batch: (ids, softmax(logits / T)) as numpy, the model in eval
-    mode. Nothing is kept between batches, so a pool of any size streams through in flat memory."""
-    from .pseudo import soft_labels
+                       rt: Runtime | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Pseudo labels, batch by batch: (ids, softmax(logits / T), T = 1 confidence) as numpy
+    (pseudo.label_rows), the model in eval mode. Nothing is kept between batches, so a pool of
+    any size streams through in flat memory."""
+    from .pseudo import label_rows
 
     rt = rt or Runtime.of(model)
     model.eval()
     for x, ids in loader:
         with rt.autocast():
             logits = model(rt.input(x)).float()
-        yield ids.numpy(), soft_labels(logits.cpu().numpy(), temperature)
+        yield ids.numpy(), *label_rows(logits.cpu().numpy(), temperature)
 
 
 @torch.inference_mode()
 def noised_soft_labels(model: nn.Module, data: Prepared, ids: np.ndarray, transform, temperature: float, seed: int,
-                       batch_size: int, rt: Runtime, workers: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                       batch_size: int, rt: Runtime, workers: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The noised-teacher ablation (`pseudo.noised`; the paper labels un-noised): `model` built
     with its training dropout and stochastic depth (load_model(noised=True)), `transform` its
     training RandAugment. An image's label depends on its id alone, never on its batch, shard
@@ -83,7 +84,7 @@ def noised_soft_labels(model: nn.Module, data: Prepared, ids: np.ndarray, transf
     statistics (eval): batch statistics would tie a label to the images it is batched with,
     and are not among the paper's noises (RandAugment, dropout, stochastic depth)."""
     from .data import sample_seed
-    from .pseudo import soft_labels
+    from .pseudo import label_rows
 
     model.train()
     for m in model.modules():
@@ -99,4 +100,4 @@ def noised_soft_labels(model: nn.Module, data: Prepared, ids: np.ndarray, transf
             torch.manual_seed(sample_seed(seed, 4, img) % 2**63)
             with rt.autocast():
                 logits.append(model(rt.input(xi[None])).float())
-        yield got.numpy(), soft_labels(torch.cat(logits).cpu().numpy(), temperature)
+        yield got.numpy(), *label_rows(torch.cat(logits).cpu().numpy(), temperature)

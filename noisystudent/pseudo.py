@@ -17,6 +17,13 @@ def soft_labels(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return (p / p.sum(1, keepdims=True)).astype(np.float32)
 
 
+def label_rows(logits: np.ndarray, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(softmax(logits / T), max softmax(logits)): the soft target at T, and the confidence the
+    threshold and the balancing see, at T = 1 as in the official code (predict_label.py stores
+    T = 1 probabilities, filter_unlabel.py filters on them; T shapes the training targets only)."""
+    return soft_labels(logits, temperature), soft_labels(logits, 1.0).max(1)
+
+
 def filter_confident(frame: pd.DataFrame, threshold: float) -> pd.DataFrame:
     return frame[frame["confidence"] >= threshold]
 

@@ -88,13 +88,14 @@ def _diff(old: dict | None, new: dict) -> str:
     return "changed: " + ", ".join(keys)
 
 
-def frame_to_table(ids: np.ndarray, probs: np.ndarray) -> pa.Table:
-    """One pseudo-label row per image: id, label, confidence, probs (fixed-size list)."""
+def frame_to_table(ids: np.ndarray, probs: np.ndarray, confidence: np.ndarray) -> pa.Table:
+    """One pseudo-label row per image: id, label, confidence (at T = 1), probs (the target at
+    pseudo.temperature, a fixed-size list)."""
     probs = np.ascontiguousarray(probs, dtype=np.float32)
     return pa.table({
         "id": pa.array(np.asarray(ids, dtype=np.int64)),
         "label": pa.array(probs.argmax(1).astype(np.int64)),
-        "confidence": pa.array(probs.max(1)),
+        "confidence": pa.array(np.asarray(confidence, dtype=np.float32)),
         "probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1)), probs.shape[1]),
     })
 
@@ -105,12 +106,13 @@ def label_shard(
     num_shards: int,
     out: Path,
     rows_per_file: int,
-    predict: Callable[[np.ndarray], Iterator[tuple[np.ndarray, np.ndarray]]],
+    predict: Callable[[np.ndarray], Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]],
     on_rows: Callable[[int], None] | None = None,
 ) -> int:
     """Label shard `shard` of `ids` into bounded parts, resuming after the last whole part.
 
-    `predict(ids)` streams (ids, probs) batches for the given ids in order; memory holds at
+    `predict(ids)` streams (ids, probs, confidence) batches for the given ids in order (see
+    pseudo.label_rows); memory holds at
     most one part plus one batch. Returns the number of rows written by this call."""
     mine = ids[shard_slice(len(ids), shard, num_shards)]
     done = out / done_name(shard, num_shards)
@@ -124,15 +126,15 @@ def label_shard(
     written, part = 0, first
     buf_ids: list[np.ndarray] = []
     buf_probs: list[np.ndarray] = []
+    buf_conf: list[np.ndarray] = []
     buffered = 0
 
     def flush(n_rows: int) -> None:
         nonlocal part, buffered, written
-        all_ids, all_probs = np.concatenate(buf_ids), np.concatenate(buf_probs)
+        all_ids, all_probs, all_conf = np.concatenate(buf_ids), np.concatenate(buf_probs), np.concatenate(buf_conf)
         with atomic_path(out / part_name(shard, num_shards, part)) as tmp:
-            pq.write_table(frame_to_table(all_ids[:n_rows], all_probs[:n_rows]), tmp)
-        buf_ids[:] = [all_ids[n_rows:]]
-        buf_probs[:] = [all_probs[n_rows:]]
+            pq.write_table(frame_to_table(all_ids[:n_rows], all_probs[:n_rows], all_conf[:n_rows]), tmp)
+        buf_ids[:], buf_probs[:], buf_conf[:] = [all_ids[n_rows:]], [all_probs[n_rows:]], [all_conf[n_rows:]]
         buffered -= n_rows
         written += n_rows
         part += 1
@@ -140,9 +142,10 @@ def label_shard(
             os.kill(os.getpid(), signal.SIGKILL)
 
     if first < n_parts:
-        for got_ids, probs in predict(mine[first * rows_per_file :]):
+        for got_ids, probs, conf in predict(mine[first * rows_per_file :]):
             buf_ids.append(got_ids)
             buf_probs.append(probs)
+            buf_conf.append(conf)
             buffered += len(got_ids)
             if on_rows is not None:
                 on_rows(len(got_ids))
@@ -152,7 +155,7 @@ def label_shard(
             flush(buffered)
     if len(mine) == 0:  # an empty shard still gets its (empty) part, so readers see the schema
         with atomic_path(out / part_name(shard, num_shards, 0)) as tmp:
-            pq.write_table(frame_to_table(np.zeros(0, np.int64), np.zeros((0, 1), np.float32)), tmp)
+            pq.write_table(frame_to_table(np.zeros(0, np.int64), np.zeros((0, 1), np.float32), np.zeros(0, np.float32)), tmp)
     atomic_write_json(done, {"rows": int(len(mine))})
     return written
 

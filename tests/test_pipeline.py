@@ -130,6 +130,28 @@ def test_pseudo_labels_use_the_unnoised_teacher(tmp_path, tiny_params):
     assert np.array_equal(np.stack(a["probs"]), np.stack(b["probs"]))
 
 
+def test_temperature_shapes_the_targets_never_the_threshold(tmp_path, tiny_params):
+    """As the official code: confidence (threshold, balancing) is the T = 1 probability; only the
+    soft targets are tempered. At T = 4 the same images are selected as at T = 1, with flatter
+    target rows."""
+    from noisystudent.pseudo import soft_labels
+
+    p1, p4 = tiny_params(), tiny_params(pseudo__temperature=4.0)
+    data, t = tmp_path / "data", tmp_path / "t.pt"
+    prepare_stage(p1, data)
+    train_stage(p1, "teacher", data, t, tmp_path / "t.json")
+    for name, p in (("t1", p1), ("t4", p4)):
+        pseudo_label_stage(p, "s1", data, t, tmp_path / name)
+        select_stage(p, "s1", data, tmp_path / name, tmp_path / f"{name}.parquet", tmp_path / f"{name}.json")
+    a, b = (read_labels(tmp_path / n).sort_values("id", ignore_index=True) for n in ("t1", "t4"))
+    pa_, pb = np.stack(a["probs"]), np.stack(b["probs"])
+    np.testing.assert_allclose(b["confidence"], pa_.max(1), rtol=1e-6)  # T = 1 confidence at T = 4
+    np.testing.assert_allclose(pb, soft_labels(np.log(pa_), 4.0), atol=1e-5)  # the tempered targets
+    assert (pb.max(1) < pa_.max(1) - 1e-3).mean() > 0.9
+    sa, sb = (pd.read_parquet(tmp_path / f"{n}.parquet") for n in ("t1", "t4"))
+    assert sa[["id", "copies"]].equals(sb[["id", "copies"]])
+
+
 def test_noised_teacher_ablation_labels_by_image_id(tmp_path, tiny_params):
     """pseudo.noised (the paper's "teacher noised too" ablation): the teacher's own dropout,
     stochastic depth and RandAugment on while labeling, each image seeded by its id: the same
