@@ -109,7 +109,8 @@ def build(p: Params, metrics: Path, out: Path, title: str) -> Path:
           f"chain {chain}; student noise: RandAugment {p.noise.randaugment_n}x{p.noise.randaugment_m:g}, dropout {p.noise.dropout:g}, "
           f"stochastic depth {p.noise.drop_path:g}; {p.student.targets} pseudo labels, threshold {p.select.threshold:g}, "
           f"{p.select.per_class} per class; seed {p.train.seed}.", "",
-          f"**Best student {best}: {_pct(summary['best_student_test_acc'])} % test top-1, teacher "
+          f"**Best student {best} (chosen on validation, {_pct(summary['best_student_val_acc'])} %): "
+          f"{_pct(summary['best_student_test_acc'])} % test top-1, teacher "
           f"{_pct(summary['teacher_test_acc'])} % ({100 * summary['gain_over_teacher']:+.1f} points), supervised baseline "
           f"({p.arch_of('baseline')}, labeled images only) {_pct(summary['baseline_test_acc'])} % "
           f"({100 * summary['gain_over_baseline']:+.1f} points).**", ""]

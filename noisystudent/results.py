@@ -27,7 +27,7 @@ def students(models: list[str]) -> list[str]:
 
 
 def model_table(models: list[str], eval_dir: Path, rob_dir: Path | None = None, select_dir: Path | None = None) -> pd.DataFrame:
-    """One row per model: architecture, size, test top-1 / top-5 / ECE, and where measured its
+    """One row per model: architecture, size, validation top-1, test top-1 / top-5 / ECE, and where measured its
     mCE / mFR / FGSM accuracy and the accuracy of the pseudo labels it learned from."""
     rows = []
     for i, name in enumerate(models):
@@ -35,13 +35,15 @@ def model_table(models: list[str], eval_dir: Path, rob_dir: Path | None = None, 
         rob = (maybe_json(rob_dir / f"{name}.json") if rob_dir is not None else None) or {}
         sel = (maybe_json(select_dir / f"{name}.json") if select_dir is not None else None) or {}
         rows.append({"iteration": None if name == "baseline" else i, "model": name, "arch": ev["arch"], "num_params": ev["num_params"],
-                     "test_acc": ev["top1"], "test_top5": ev["top5"], "test_ece": ev["ece"],
+                     "val_acc": ev["val_top1"], "test_acc": ev["top1"], "test_top5": ev["top5"], "test_ece": ev["ece"],
                      "mce": rob.get("mce"), "mfr": rob.get("mfr"), "fgsm_acc": rob.get("fgsm_acc"),
                      "pseudo_label_acc": sel.get("pseudo_label_acc_selected")})
     return pd.DataFrame(rows).astype({"iteration": "Int64"})  # the baseline is no iteration: left empty
 
 
 def best_student(table: pd.DataFrame) -> str:
-    """The student with the highest test top-1 (the first one on a tie)."""
+    """The student with the highest validation top-1, the latest iteration on a tie. Chosen on
+    validation, never on test: a figure picked as the best of several on the test labels
+    would be biased upward (the test split only measures the one chosen)."""
     s = table[~table["model"].isin(SUPERVISED)]
-    return str(s.loc[s["test_acc"].idxmax(), "model"])
+    return str(s.loc[s["val_acc"] == s["val_acc"].max(), "model"].iloc[-1])

@@ -1,5 +1,6 @@
 """Stage evaluate@<model>: top-1/top-5, ECE, per-class accuracy and the confusion matrix on
-the test split, the model un-noised with its own preprocessing."""
+the test split, the model un-noised with its own preprocessing; and its validation top-1 (the
+split the best student is chosen on)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,7 +41,12 @@ def run(p: Params, model_name: str, data_dir: Path, ckpt_path: Path, metrics_out
         logits, _ = predict_logits(model, dl, desc=f"evaluate@{model_name}", rt=rt)
         labels = test["label"].to_numpy()
         m = classification_metrics(logits.numpy(), labels, data.num_classes, p.eval.ece_bins)
-        m = {"model": model_name, "arch": ckpt["arch"], "num_params": num_params(model), **m}
+        # validation top-1 beside: what the best student is chosen by (never by test labels)
+        val = data.split("val")
+        val_logits, _ = predict_logits(model, id_loader(data, val["id"].to_numpy(), eval_transform(ckpt["data_config"]),
+                                                        p.eval.batch_size, rt, p.speed.data_workers), desc=None, rt=rt)
+        val_top1 = float((val_logits.argmax(1).numpy() == val["label"].to_numpy()).mean())
+        m = {"model": model_name, "arch": ckpt["arch"], "num_params": num_params(model), "val_top1": val_top1, **m}
         preds = pd.DataFrame({"actual": labels, "predicted": logits.argmax(1).numpy()})
         atomic_write_csv(predictions_out, preds)
         atomic_write_json(metrics_out, m)

@@ -25,3 +25,15 @@ def test_classification_metrics_per_class():
     m = classification_metrics(logits, np.array([0, 1, 1]), 2)
     assert np.isclose(m["top1"], 2 / 3)
     assert m["per_class_acc"] == {"0": 1.0, "1": 0.5}
+
+
+def test_best_student_is_chosen_on_validation_never_on_test():
+    """Test labels choose nothing: s1 has the best test top-1, s2 and s3 tie on validation,
+    the later iteration (s3) is the best student."""
+    import pandas as pd
+
+    from noisystudent.results import best_student
+
+    table = pd.DataFrame({"model": ["teacher", "s1", "s2", "s3", "baseline"], "val_acc": [0.9, 0.80, 0.85, 0.85, 0.99],
+                          "test_acc": [0.8, 0.95, 0.70, 0.75, 0.99]})
+    assert best_student(table) == "s3"
