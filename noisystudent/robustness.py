@@ -104,10 +104,22 @@ def corruption_error(errors: np.ndarray, base_errors: np.ndarray) -> float | Non
     return None if b == 0 else float(np.sum(errors)) / b
 
 
-def relative_corruption_error(errors: np.ndarray, clean: float, base_errors: np.ndarray, base_clean: float) -> float | None:
-    """Relative CE_c = sum_s (E(s, c) - E_clean) / sum_s (E_base(s, c) - E_base_clean)."""
-    b = float(np.sum(np.asarray(base_errors) - base_clean))
-    return None if b == 0 else float(np.sum(np.asarray(errors) - clean)) / b
+def relative_corruption_error(errors: np.ndarray, clean: float, base_errors: np.ndarray, base_clean: float,
+                              num_images: int | None = None) -> float | None:
+    """Relative CE_c = sum_s (E(s, c) - E_clean) / sum_s (E_base(s, c) - E_base_clean).
+
+    None where the denominator is not clearly above zero: a corruption that barely hurts the
+    baseline (small images, mild corruptions) gives a ratio of noise, even of sign (-21 was
+    seen). With `num_images`, "clearly" means above two standard errors of that sum, each
+    severity's error and the clean error taken as independent proportions over the images (a
+    conservative bound: paired errors co-vary)."""
+    e_b = np.asarray(base_errors, dtype=np.float64)
+    b = float(np.sum(e_b - base_clean))
+    if num_images:
+        se = math.sqrt(float(np.sum(e_b * (1 - e_b) + base_clean * (1 - base_clean))) / num_images)
+        if b <= 2 * se:
+            return None
+    return None if b <= 0 else float(np.sum(np.asarray(errors) - clean)) / b
 
 
 def mean_defined(values) -> float | None:
@@ -211,8 +223,10 @@ def relative_to(raw: dict, base: dict) -> dict:
         e = np.array(list(by_sev.values()))
         b = np.array([base["corruption_error"][c][s] for s in by_sev])
         ce[c] = corruption_error(e, b)
-        rce[c] = relative_corruption_error(e, raw["clean_error"], b, base["clean_error"])
+        rce[c] = relative_corruption_error(e, raw["clean_error"], b, base["clean_error"], base["num_images"])
     fr = {k: (None if base["flip_probability"][k] == 0 else v / base["flip_probability"][k]) for k, v in raw["flip_probability"].items()}
     pct = lambda v: None if v is None else 100 * v  # noqa: E731
     return {"mce": pct(mean_defined(ce.values())), "relative_mce": pct(mean_defined(rce.values())),
+            # left out of relative mCE: the baseline's degradation is within two standard errors of 0
+            "relative_mce_left_out": sorted(c for c, v in rce.items() if v is None),
             "mfr": pct(mean_defined(fr.values())), "ce": ce, "relative_ce": rce, "fr": fr}

@@ -1,6 +1,6 @@
-"""Stages robustness_teacher and robustness@<model>: corruption errors (CE, mCE, relative mCE),
-flip rates (FR, mFR) and FGSM accuracy per epsilon of one model, relative to the baseline (the
-supervised teacher: run without --baseline, it is its own baseline)."""
+"""Stages robustness_teacher, robustness_baseline and robustness@<model>: corruption errors (CE,
+mCE, relative mCE), flip rates (FR, mFR) and FGSM accuracy per epsilon of one model, relative
+to the reference (the supervised teacher: run without --baseline, it is its own reference)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,7 +32,8 @@ def run(p: Params, model_name: str, rob_dir: Path, ckpt_path: Path, out: Path, b
     rp = p.eval.robustness
     model, ckpt = load_model(ckpt_path)
     # run names are DVC's stage names: the baseline has its own stage
-    with stage_run(p, "robustness_teacher" if baseline is None else f"robustness@{model_name}") as tracked:
+    stage = "robustness_teacher" if baseline is None else "robustness_baseline" if model_name == "baseline" else f"robustness@{model_name}"
+    with stage_run(p, stage) as tracked:
         raw = R.score(model, ckpt["data_config"], rob_dir, rp.epsilons, p.eval.batch_size)
         base = raw if baseline is None else json.loads(Path(baseline).read_text())  # None: this model is the baseline
         m = {"model": model_name, "baseline": "teacher (the supervised model; CE and FR are relative to it)",
@@ -54,7 +55,7 @@ def run(p: Params, model_name: str, rob_dir: Path, ckpt_path: Path, out: Path, b
 
 @cli.command()
 def main(
-    model: Annotated[str, typer.Option(help="model name: teacher or an iteration key")],
+    model: Annotated[str, typer.Option(help="model name: teacher, baseline or an iteration key")],
     data: Annotated[Path, typer.Option(help="the corrupt stage's folder")],
     checkpoint: Annotated[Path, typer.Option(help="the model's checkpoint")],
     out: Annotated[Path, typer.Option(help="robustness figures JSON to write (plot CSVs and PNG beside it)")],

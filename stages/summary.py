@@ -42,8 +42,12 @@ def run(p: Params, eval_dir: Path, out: Path, table_out: Path, png_out: Path, ro
     best = best_student(table)  # by validation accuracy: test labels choose nothing
     summary = headline(table, best)
     if rob_dir is not None:
-        rob = {role: read_json(rob_dir / f"{name}.json", f"robustness@{name}") for role, name in (("teacher", "teacher"), ("best_student", best))}
+        rob = {role: read_json(rob_dir / f"{name}.json", f"robustness@{name}")
+               for role, name in (("teacher", "teacher"), ("baseline", "baseline"), ("best_student", best))}
         summary.update({f"{role}_{k}": rob[role][k] for k in ("mce", "relative_mce", "mfr", "fgsm_acc") for role in rob})
+        # the paper's comparison: the best student against the same architecture without the unlabeled images
+        summary.update({f"{k}_vs_baseline": None if rob["best_student"][k] is None or rob["baseline"][k] is None
+                        else round(rob["best_student"][k] - rob["baseline"][k], 6) for k in ("mce", "mfr", "fgsm_acc")})
     with stage_run(p, "summary") as tracked:
         atomic_write_json(out, summary)
         atomic_write_csv(table_out, table)

@@ -90,3 +90,22 @@ def test_fgsm_on_a_linear_model_by_hand():
         assert float((lin(xa).argmax(1) == y).float().mean()) == acc
     # and the step is clipped to the valid pixel range
     assert float(R.fgsm(lin, torch.full((1, 4), 0.01), torch.ones(1, dtype=torch.long), 0.5, ident).min()) == 0.0
+
+
+def test_relative_ce_is_left_out_where_the_baseline_barely_degrades():
+    """The reviewer's case: the baseline's jpeg errors sum to 1.095 over 5 severities against
+    5 x 0.22 clean (degradation -0.005): the ratio was -21, dragging relative mCE to -60.8. A
+    degradation within two standard errors of 0 (200 images) is left out, and named."""
+    jpeg_base = np.array([0.215, 0.22, 0.22, 0.22, 0.22])
+    student = np.array([0.25, 0.25, 0.25, 0.25, 0.25])
+    assert R.relative_corruption_error(student, 0.12, jpeg_base, 0.22, num_images=200) is None
+    # a clear degradation (0.2 a severity on 200 images) keeps its ratio
+    blur_base = np.array([0.4, 0.4, 0.4, 0.4, 0.4])
+    assert R.relative_corruption_error(student, 0.15, blur_base, 0.2, num_images=200) == pytest.approx(0.5 / 1.0)
+    sev = {f"{s}": v for s, v in zip(range(1, 6), jpeg_base)}
+    base = {"num_images": 200, "clean_error": 0.22, "flip_probability": {},
+            "corruption_error": {"jpeg_compression": sev, "blur": {f"{s}": 0.4 for s in range(1, 6)}}}
+    raw = {"clean_error": 0.15, "flip_probability": {},
+           "corruption_error": {"jpeg_compression": {f"{s}": 0.25 for s in range(1, 6)}, "blur": {f"{s}": 0.25 for s in range(1, 6)}}}
+    rel = R.relative_to(raw, base)
+    assert rel["relative_mce_left_out"] == ["jpeg_compression"] and rel["relative_mce"] == pytest.approx(100 * 0.5 / 0.9)

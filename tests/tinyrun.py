@@ -28,6 +28,7 @@ def run_all(p, root: Path, view=None) -> dict:
     robustness.run(v("robustness_teacher"), "teacher", root / "data/robustness", models / "teacher.pt", rob / "teacher.json")
     for name in p.iterations:
         robustness.run(v(f"robustness@{name}"), name, root / "data/robustness", models / f"{name}.pt", rob / f"{name}.json", rob / "teacher.json")
+    robustness.run(v("robustness_baseline"), "baseline", root / "data/robustness", models / "baseline.pt", rob / "baseline.json", rob / "teacher.json")
     s = summary.run(v("summary"), m / "eval", m / "summary.json", m / "summary.csv", m / "summary.png", rob, m / "select")
     report.run(v("report"), m, root / "docs/report")
     return s
