@@ -46,12 +46,20 @@ def _trained_on(p: Params, name: str, teacher: dict[str, str]) -> str:
     return f"labeled + {teacher[name]}'s labels"
 
 
+CALIBRATION = ("ECE is the gap between confidence and accuracy (15 bins). *ECE scaled* is the same after temperature "
+               "scaling fitted on the validation split (T, applied to the test logits): what is left once one number "
+               "rescales every confidence. T < 1 means the model was under-confident (its confidences are sharpened), as "
+               "students trained on the flat soft targets of an under-confident teacher are; T > 1, over-confident. "
+               "Scaling never changes a prediction.")
+
+
 def model_rows(p: Params, table: pd.DataFrame, teacher: dict[str, str]) -> list[dict]:
     """Per evaluated model (results.model_table): architecture, test accuracy and calibration,
     robustness, and the accuracy of the pseudo labels it was trained on (students)."""
     return [{
         "model": r.model, "trained on": _trained_on(p, r.model, teacher), "arch": r.arch, "params": f"{r.num_params:,}",
-        "test top-1 %": _pct(r.test_acc), "top-5 %": _pct(r.test_top5), "ECE %": _pct(r.test_ece),
+        "val top-1 %": _pct(r.val_acc), "test top-1 %": _pct(r.test_acc), "top-5 %": _pct(r.test_top5), "ECE %": _pct(r.test_ece),
+        "ECE scaled %": _pct(r.test_ece_scaled), "T": _num(r.temperature, ".2f"),
         "mCE": _num(r.mce), "mFR": _num(r.mfr), f"FGSM@{p.eval.robustness.fgsm_epsilon:g} %": _pct(r.fgsm_acc),
         "pseudo-label acc (selected) %": _pct(r.pseudo_label_acc),
     } for r in table.itertuples()]
@@ -125,7 +133,7 @@ def build(p: Params, metrics: Path, out: Path, title: str) -> Path:
                f"{_pct(summary['teacher_fgsm_acc'])} -> {_pct(summary['best_student_fgsm_acc'])} % "
                "(CE and FR relative to the teacher = 100; relative mCE leaves out corruptions that barely hurt the teacher, "
                "named in each robustness JSON).", ""]
-    md += ["## Models", "", markdown_table(models), "## Pseudo labels per iteration", "", markdown_table(selection)]
+    md += ["## Models", "", markdown_table(models), CALIBRATION, "", "## Pseudo labels per iteration", "", markdown_table(selection)]
     with atomic_dir(out) as tmp:
         for section, figs in figures(p, metrics).items():
             present = [(cap, f) for cap, f in figs if f.exists()]

@@ -36,6 +36,7 @@ def model_table(models: list[str], eval_dir: Path, rob_dir: Path | None = None, 
         sel = (maybe_json(select_dir / f"{name}.json") if select_dir is not None else None) or {}
         rows.append({"iteration": None if name == "baseline" else i, "model": name, "arch": ev["arch"], "num_params": ev["num_params"],
                      "val_acc": ev["val_top1"], "test_acc": ev["top1"], "test_top5": ev["top5"], "test_ece": ev["ece"],
+                     "test_ece_scaled": ev["ece_scaled"], "temperature": ev["temperature"],
                      "mce": rob.get("mce"), "mfr": rob.get("mfr"), "fgsm_acc": rob.get("fgsm_acc"),
                      "pseudo_label_acc": sel.get("pseudo_label_acc_selected")})
     return pd.DataFrame(rows).astype({"iteration": "Int64"})  # the baseline is no iteration: left empty

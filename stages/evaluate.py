@@ -22,7 +22,7 @@ def run(p: Params, model_name: str, data_dir: Path, ckpt_path: Path, metrics_out
     from noisystudent import plots
     from noisystudent.checkpoint import load_model
     from noisystudent.data import Prepared
-    from noisystudent.evaluate import classification_metrics, confusion_matrix
+    from noisystudent.evaluate import classification_metrics, confusion_matrix, expected_calibration_error, fit_temperature, softmax
     from noisystudent.inference import id_loader, inference_runtime, predict_logits
     from noisystudent.io import atomic_write_csv, atomic_write_json
     from noisystudent.models import num_params
@@ -46,7 +46,11 @@ def run(p: Params, model_name: str, data_dir: Path, ckpt_path: Path, metrics_out
         val_logits, _ = predict_logits(model, id_loader(data, val["id"].to_numpy(), eval_transform(ckpt["data_config"]),
                                                         p.eval.batch_size, rt, p.speed.data_workers), desc=None, rt=rt)
         val_top1 = float((val_logits.argmax(1).numpy() == val["label"].to_numpy()).mean())
-        m = {"model": model_name, "arch": ckpt["arch"], "num_params": num_params(model), "val_top1": val_top1, **m}
+        # calibration after temperature scaling fitted on validation: raw ECE beside what one number fixes
+        t = fit_temperature(val_logits.numpy(), val["label"].to_numpy())
+        scaled = expected_calibration_error(softmax(logits.numpy().astype("float64") / t), labels, p.eval.ece_bins)
+        m = {"model": model_name, "arch": ckpt["arch"], "num_params": num_params(model), "val_top1": val_top1, **m,
+             "temperature": t, "ece_scaled": scaled}
         preds = pd.DataFrame({"actual": labels, "predicted": logits.argmax(1).numpy()})
         atomic_write_csv(predictions_out, preds)
         atomic_write_json(metrics_out, m)

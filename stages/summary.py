@@ -25,6 +25,8 @@ def headline(table, best: str) -> dict:
          "gain_over_baseline": round(acc(best) - acc("baseline"), 6),
          "test_acc": {m: acc(m) for m in students},
          "test_ece": {m: float(by.loc[m, "test_ece"]) for m in by.index},
+         # after temperature scaling fitted on validation: what is left once confidences are rescaled
+         "test_ece_scaled": {m: float(by.loc[m, "test_ece_scaled"]) for m in by.index},
          "pseudo_label_acc": {m: float(v) for m in students if (v := by.loc[m, "pseudo_label_acc"]) is not None and v == v}}
     if not h["pseudo_label_acc"]:
         del h["pseudo_label_acc"]  # a pool without hidden labels (an image folder)

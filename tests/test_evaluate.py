@@ -37,3 +37,17 @@ def test_best_student_is_chosen_on_validation_never_on_test():
     table = pd.DataFrame({"model": ["teacher", "s1", "s2", "s3", "baseline"], "val_acc": [0.9, 0.80, 0.85, 0.85, 0.99],
                           "test_acc": [0.8, 0.95, 0.70, 0.75, 0.99]})
     assert best_student(table) == "s3"
+
+
+def test_temperature_scaling_fixes_an_overconfident_model_and_no_prediction():
+    """Logits of a calibrated model made 4x overconfident: the fitted temperature is ~4, the
+    scaled ECE falls back to the calibrated one, every prediction stays."""
+    from noisystudent.evaluate import expected_calibration_error, fit_temperature, softmax
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4000, 5)) * 2
+    labels = np.array([rng.choice(5, p=p) for p in softmax(logits)])  # calibrated by construction
+    t = fit_temperature(4 * logits, labels)
+    assert 3.5 < t < 4.5
+    raw, scaled = (expected_calibration_error(softmax(4 * logits / s), labels) for s in (1.0, t))
+    assert scaled < 0.03 < raw and (softmax(4 * logits / t).argmax(1) == logits.argmax(1)).all()
