@@ -58,11 +58,11 @@ def real_loop(p, data_dir: Path, image_size: int | None, arch: str, batch: int, 
     from noisystudent import data as D
     from noisystudent.models import create_model
     from noisystudent.train import FitConfig, fit
-    from noisystudent.transforms import data_config, randaugment_config, train_transform
+    from noisystudent.transforms import data_config, train_transform
 
     d = D.Prepared.load(data_dir)
     cfg = data_config(arch, d.in_chans, image_size, d.image_size)
-    tf = train_transform(cfg, randaugment_config(p.noise.randaugment_n, p.noise.randaugment_m))
+    tf = train_transform(cfg, p.noise.randaugment_n, p.noise.randaugment_m)
     lab = d.split("labeled")
     unl = d.split("unlabeled")
     labeled = D.ImageDataset(d.images, lab["id"].to_numpy(), D.one_hot(lab["label"].to_numpy(), d.num_classes, 0.1), tf)

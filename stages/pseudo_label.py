@@ -35,7 +35,7 @@ def run(p: Params, iteration: str, data_dir: Path, teacher_ckpt: Path, out: Path
     from noisystudent.runtime import set_threads
     from noisystudent.shards import ids_digest, label_shard, open_labels_dir
     from noisystudent.tracking import stage_run
-    from noisystudent.transforms import eval_transform, randaugment_config, train_transform
+    from noisystudent.transforms import eval_transform, train_transform
 
     set_threads(p.train.num_threads)
     pp, workers, seed = p.pseudo, p.speed.data_workers, p.train.seed
@@ -49,7 +49,7 @@ def run(p: Params, iteration: str, data_dir: Path, teacher_ckpt: Path, out: Path
     tf = eval_transform(ckpt["data_config"])  # the teacher's own preprocessing, never noised
     if pp.noised:  # the ablation: the noise the teacher was trained with (its dropout and drop-path: load_model)
         own = ckpt["recipe"]["noise"]
-        tf = train_transform(ckpt["data_config"], randaugment_config(own["randaugment_n"], own["randaugment_m"]))
+        tf = train_transform(ckpt["data_config"], own["randaugment_n"], own["randaugment_m"])
     ids = data.split("unlabeled")["id"].to_numpy()
     # kept parts are reused only if made by this code, params, teacher and images (else cleared)
     made_for = fingerprint(p, Path(__file__), teacher_sha256=file_sha256(teacher_ckpt), ids_sha256=ids_digest(ids),

@@ -56,14 +56,14 @@ def run(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Path, sele
     from noisystudent.runtime import runtime, set_threads
     from noisystudent.tracking import stage_run
     from noisystudent.train import fit
-    from noisystudent.transforms import data_config, eval_transform, randaugment_config, train_transform
+    from noisystudent.transforms import data_config, eval_transform, train_transform
 
     set_threads(p.train.num_threads)
     data = Prepared.load(data_dir)
     r = recipe(p, name)
     dcfg = data_config(r.arch, data.in_chans, p.data.image_size, data.image_size)
     tf_eval = eval_transform(dcfg)
-    labeled, pseudo = _datasets(p, data, r, selected, train_transform(dcfg, randaugment_config(r.noise["randaugment_n"], r.noise["randaugment_m"])))
+    labeled, pseudo = _datasets(p, data, r, selected, train_transform(dcfg, r.noise["randaugment_n"], r.noise["randaugment_m"]))
 
     torch.manual_seed(r.seed)
     model = create_model(r.arch, data.num_classes, data.in_chans, r.noise["dropout"], r.noise["drop_path"])

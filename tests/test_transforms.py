@@ -3,16 +3,14 @@ import pytest
 import torch
 from PIL import Image
 
-from noisystudent.transforms import data_config, eval_transform, randaugment_config, train_transform
+from noisystudent.transforms import RandAugment, data_config, eval_transform, train_transform
 
 
-def test_randaugment_magnitude_above_10_is_not_clipped():
-    assert randaugment_config(2, 27) == "rand-m27-n2-mmax27"
-    assert randaugment_config(2, 9) == "rand-m9-n2-mmax10"
-    assert randaugment_config(0, 9) == "" and randaugment_config(2, 0) == ""
-    # timm parses mmax and keeps the magnitude unclipped
-    tf = train_transform(data_config("ns_resnet_s", 1, 16, 16), "rand-m27-n2-mmax27").pil.transforms[0]
-    assert all(op.magnitude == 27 and op.magnitude_max == 27 for op in tf.ops)
+def test_randaugment_magnitude_above_10_is_not_clipped_nor_rounded():
+    for m in (27, 9.5):
+        ra = train_transform(data_config("ns_resnet_s", 1, 16, 16), 2, m).pil.transforms[0]
+        assert all(op.magnitude == m and op.magnitude_max == max(10, m) for op in ra.ops)
+    assert train_transform(data_config("ns_resnet_s", 1, 16, 16), 0, 9).pil is None  # N = 0: no RandAugment
 
 
 @pytest.mark.parametrize("mode, chans", [("L", 1), ("RGB", 3)])
@@ -27,7 +25,7 @@ def test_train_transform_noises_and_eval_does_not(mode, chans):
     import random
 
     random.seed(0)
-    tr = train_transform(cfg, randaugment_config(2, 15))
+    tr = train_transform(cfg, 2, 15)
     outs = [tr(img) for _ in range(8)]
     assert all(o.shape == (chans, 16, 16) for o in outs)
     assert any(not torch.equal(o, ev(img)) for o in outs)
@@ -71,21 +69,28 @@ def test_batched_preprocessing_equals_torchvision_per_image(mode, chans, size, n
         assert torch.equal(pre.batch(arr), expected)
 
 
-def test_randaugment_draws_timm_ops_uniformly_with_replacement_from_python_random():
+def test_randaugment_applies_exactly_n_official_ops_drawn_uniformly_from_python_random():
+    """The official application: every image gets exactly N ops (timm's default applies each
+    with probability 0.5), drawn uniformly with replacement from the official 15, at M."""
     import random
     from collections import Counter
 
-    pre = train_transform(data_config("ns_resnet_s", 1, 16, 16), randaugment_config(2, 9))
+    pre = train_transform(data_config("ns_resnet_s", 1, 16, 16), 2, 9)
     ra = pre.pil.transforms[0]
-    assert ra.num_layers == 2 and len(ra.ops) == 15
+    assert ra.num_layers == 2 and [op.name for op in ra.ops] == list(RandAugment.OPS) and len(ra.ops) == 15
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16), dtype=np.uint8), "L")
     random.seed(7)
     a = [np.asarray(ra(img)) for _ in range(20)]
     random.seed(7)  # Python's RNG alone decides: the same seed, the same augmentations
     b = [np.asarray(ra(img)) for _ in range(20)]
     assert all(np.array_equal(x, y) for x, y in zip(a, b)) and any(not np.array_equal(a[0], x) for x in a)
-    drawn = Counter()
-    ra.ops = [lambda im, name=op.name: drawn.update([name]) or im for op in ra.ops]  # record each draw
+    applied, per_image = Counter(), []
+    for op in ra.ops:  # record each op that really transforms the image (past any probability check)
+        op.aug_fn = (lambda fn, name: lambda im, *args, **kw: applied.update([name]) or fn(im, *args, **kw))(op.aug_fn, op.name)
     for _ in range(3000):
+        before = sum(applied.values())
         ra(img)
-    assert sum(drawn.values()) == 6000 and len(drawn) == 15 and max(drawn.values()) < 1.3 * min(drawn.values())
+        per_image.append(sum(applied.values()) - before)
+    assert set(per_image) == {2}  # never 0 or 1 op
+    # 6,000 uniform draws over 15 ops: 400 each, sd ~19; 5 sd either side
+    assert len(applied) == 15 and all(300 < k < 500 for k in applied.values()), applied
