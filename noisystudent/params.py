@@ -36,14 +36,12 @@ class DataParams(_Section):
     channels: Literal[1, 3] | None = None  # None: from the data (folders: 1 if every labeled image is grayscale)
     labeled_per_class: PosInt | None = 3  # None: all of train (less val); the rest joins the unlabeled pool
     val_per_class: PosInt = 10  # carved from train unless the source has a val split
-    test_per_class: PosInt | None = 40  # digits: carved from the pool; others: cap on the test split (None: all)
+    test_per_class: PosInt | None = None  # a cap on the test split (None: all of it); digits (no test split): carved, None = 40
     max_pixels: PosInt = 64_000_000  # larger images are refused (decompression bombs)
 
     @model_validator(mode="after")
     def _source(self) -> "DataParams":
         if self.name == "digits":
-            if self.test_per_class is None:
-                raise ValueError("test_per_class: digits needs a number (its test split is carved from one pool)")
             return self
         if self.download and self.name == "imagefolder":
             raise ValueError("download: an image folder cannot be downloaded (set it to false)")
@@ -136,7 +134,7 @@ class PseudoParams(_Section):
 
 class SelectParams(_Section):
     threshold: Prob = 0.3
-    per_class: PosInt = 200
+    per_class: PosInt | None = None  # None: the median over classes of the images above the threshold (follows the data)
     seed: Seed = 0
     balance: bool = True  # false (an ablation): every image at or above the threshold, once
     unlabeled_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0  # an ablation: a seeded share of the pool

@@ -38,7 +38,8 @@ def model_table(models: list[str], eval_dir: Path, rob_dir: Path | None = None, 
                      "val_acc": ev["val_top1"], "test_acc": ev["top1"], "test_top5": ev["top5"], "test_ece": ev["ece"],
                      "test_ece_scaled": ev["ece_scaled"], "temperature": ev["temperature"],
                      "mce": rob.get("mce"), "mfr": rob.get("mfr"), "fgsm_acc": rob.get("fgsm_acc"),
-                     "pseudo_label_acc": sel.get("pseudo_label_acc_selected")})
+                     "pseudo_label_acc": sel.get("pseudo_label_acc_selected"), "test_images": ev["n"],
+                     "unlabeled_pool": sel.get("pseudo_labeled"), "pseudo_selected": sel.get("unique")})
     return pd.DataFrame(rows).astype({"iteration": "Int64"})  # the baseline is no iteration: left empty
 
 

@@ -194,8 +194,15 @@ def read_labels(labels_dir: Path, columns: list[str] | None = None):
     return pads.dataset(check_complete(labels_dir), format="parquet").to_table(columns=columns).to_pandas()
 
 
+def auto_per_class(labels: np.ndarray, num_classes: int) -> int:
+    """The balancing target when select.per_class is null: the median over classes of the
+    images above the threshold (at least 1). Rarer classes are duplicated up to it, richer ones
+    keep their most confident images: the pool's size sets the scale, not a fixed number."""
+    return max(1, int(np.median(np.bincount(labels, minlength=num_classes))))
+
+
 def select_dataset(
-    labels_dir: Path, out: Path, threshold: float, per_class: int, num_classes: int, seed: int,
+    labels_dir: Path, out: Path, threshold: float, per_class: int | None, num_classes: int, seed: int,
     batch_rows: int = 1 << 18, truth: pd.Series | None = None, bins: int = 20, balance: bool = True,
     fraction: float = 1.0,
 ) -> tuple[dict, dict[str, pd.DataFrame]]:
@@ -207,7 +214,7 @@ def select_dataset(
     behind the pictures: `confidence` histogram with `bins` bins over [0, 1], per-`classes`
     counts before and after the threshold and the balancing). Ablations: `balance=False`
     keeps every image at or above the threshold once; `fraction` < 1 uses a seeded share of
-    the pool only (the rest is left out before the threshold)."""
+    the pool only (the rest is left out before the threshold). `per_class` None: auto_per_class."""
     dataset = pads.dataset(check_complete(labels_dir), format="parquet")
     t = dataset.to_table(columns=["id", "label", "confidence"])
     ids = t["id"].to_numpy()
@@ -221,6 +228,8 @@ def select_dataset(
         used[:] = False
         used[np.random.default_rng([seed, 1]).permutation(len(ids))[: int(np.ceil(fraction * len(ids)))]] = True
     eligible = np.flatnonzero((conf >= threshold) & used)
+    if per_class is None:  # follow the data: the median class's count above the threshold
+        per_class = auto_per_class(labels[eligible], num_classes)
     copies = np.zeros(len(ids), dtype=np.int32)
     if balance:
         copies[eligible] = balance_copies(labels[eligible], conf[eligible], per_class, num_classes, threshold, seed)
@@ -241,6 +250,7 @@ def select_dataset(
         "pseudo_labeled": int(len(ids)),
         "unlabeled_used": int(used.sum()),
         "kept_after_threshold": int(len(eligible)),
+        "per_class_target": int(per_class),
         "selected": int(copies.sum()),
         "unique": int((copies > 0).sum()),
         "per_class": {str(c): int(n) for c, n in enumerate(per_class_counts)},

@@ -18,6 +18,9 @@ from .sources import DataError, Source, Split, load_source
 SPLITS = ("labeled", "unlabeled", "val", "test")
 
 
+DIGITS_TEST_PER_CLASS = 40  # a source without a test split (digits) carves this many when data.test_per_class is null
+
+
 def split_stratified(labels: np.ndarray, per_class: dict[str, int | None], seed: int) -> dict[str, np.ndarray]:
     """Seeded stratified split: `per_class[s]` images of every class to split s, in order; a
     split given None takes whatever is left, else the rest goes to 'unlabeled'. Pure; returns
@@ -132,8 +135,8 @@ def _prepare(out_dir: Path, dp: DataParams, workers: int) -> dict:
     carve: dict[str, int | None] = {"labeled": dp.labeled_per_class}
     if src.val is None:
         carve["val"] = dp.val_per_class
-    if src.test is None:
-        carve["test"] = dp.test_per_class
+    if src.test is None:  # digits: one pool, the test split carved from it
+        carve["test"] = dp.test_per_class or DIGITS_TEST_PER_CLASS
     tr = split_stratified(src.train.labels, carve, dp.seed)
     ids = {s: tr[s] for s in carve}
     pool = [tr["unlabeled"]]  # train images not carved out join the pool, their labels hidden

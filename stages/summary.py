@@ -28,6 +28,12 @@ def headline(table, best: str) -> dict:
          # after temperature scaling fitted on validation: what is left once confidences are rescaled
          "test_ece_scaled": {m: float(by.loc[m, "test_ece_scaled"]) for m in by.index},
          "pseudo_label_acc": {m: float(v) for m in students if (v := by.loc[m, "pseudo_label_acc"]) is not None and v == v}}
+    # how much data the figures rest on: a default that quietly shrank a split would show here
+    h["test_images"] = int(by.loc["teacher", "test_images"])
+    selected = by.loc[students].dropna(subset=["pseudo_selected"])
+    if len(selected):
+        h["unlabeled_pool"] = int(selected["unlabeled_pool"].iloc[0])  # the pool every teacher labels
+        h["pseudo_selected"] = {m: int(n) for m, n in selected["pseudo_selected"].items()}  # unique images kept
     if not h["pseudo_label_acc"]:
         del h["pseudo_label_acc"]  # a pool without hidden labels (an image folder)
     return h

@@ -51,7 +51,6 @@ CASES = [
     ({"data.name": "imagenet"}, "data.name: Input should be 'digits', 'cifar10', 'svhn', 'stl10' or 'imagefolder' (got 'imagenet')"),
     ({"data.name": "cifar10", "data.root": "no/such/folder"}, "data.root: folder 'no/such/folder' not found"),
     ({"data.name": "imagefolder", "data.download": True}, "data.download: an image folder cannot be downloaded"),
-    ({"data.test_per_class": None}, "data.test_per_class: digits needs a number"),
     ({"data.channels": 2}, "data.channels: Input should be 1 or 3 (got 2)"),
     ({"data.val_per_class": 0}, "data.val_per_class: Input should be greater than 0 (got 0)"),
     ({"data.max_pixels": 0}, "data.max_pixels: Input should be greater than 0 (got 0)"),

@@ -46,3 +46,9 @@ def test_prepare_digits_hides_unlabeled_labels(tmp_path):
 def test_one_hot_smoothing():
     t = one_hot(np.array([1, 0]), 4, smoothing=0.1)
     assert np.allclose(t.sum(1), 1) and np.isclose(t[0, 1], 0.925) and np.isclose(t[0, 0], 0.025)
+
+
+def test_test_per_class_null_is_all_of_a_test_split_and_40_carved_for_digits(tmp_path):
+    """The default (null) never shrinks a user's test split; digits, which has none, carves 40."""
+    meta = prepare(tmp_path, DataParams(image_size=8, labeled_per_class=3, val_per_class=5, test_per_class=None, seed=0))
+    assert meta["counts"]["test"] == 400

@@ -236,3 +236,14 @@ def test_pseudo_nproc_relaunches_labeling_under_torchrun(teacher, tmp_path):
     names = [n for (n,) in con.execute("select name from runs")]
     con.close()
     assert names.count("pseudo_label@s1") == 1, names
+
+
+def test_per_class_null_follows_the_data(tmp_path):
+    """select.per_class: null balances to the median class's count above the threshold: a
+    pool of any size sets the scale (a fixed 200 kept 2,000 of 59,800 images of a real folder)."""
+    ids = np.random.default_rng(2).permutation(600)
+    label_all(ids, tmp_path / "labels", num_shards=2, rows_per_file=50)
+    frame = read_labels(tmp_path / "labels")
+    above = np.bincount(frame.loc[frame["confidence"] >= 0.4, "label"], minlength=4)
+    stats, _ = select_dataset(tmp_path / "labels", tmp_path / "sel.parquet", 0.4, None, 4, seed=7)
+    assert stats["per_class_target"] == int(np.median(above)) and stats["selected"] == 4 * int(np.median(above))
