@@ -53,7 +53,7 @@ def _experiments() -> list[dict]:
 @cli.command("ablate")
 def ablate(
     suites: Annotated[list[str], typer.Argument(help="suite names: noise, iterations, pseudo, data, model, baseline")],
-    seed: Annotated[list[int], typer.Option(help="seeds (split, training and balancing draws); repeat the option")] = [0, 1, 2],
+    seed: Annotated[list[int], typer.Option(help="seeds (split, training and balancing draws); repeat the option")] = [0, 1, 2, 3, 4],
     jobs: Annotated[int, typer.Option(min=1, help="parallel queue workers (1 = serialised; see README on MLflow)")] = 1,
     start: Annotated[bool, typer.Option(help="start the queue and wait for it (--no-start: only queue)")] = True,
     dry_run: Annotated[bool, typer.Option(help="print the `dvc exp run` lines, queue nothing")] = False,
@@ -132,19 +132,36 @@ def _prepare_tracking() -> None:
 @cli.command("ablation-report")
 def ablation_report(
     suites: Annotated[list[str], typer.Argument(help="suite names (see `ablate`)")],
-    seed: Annotated[list[int], typer.Option(help="seeds the suites ran with; repeat the option")] = [0, 1, 2],
+    seed: Annotated[list[int], typer.Option(help="seeds the suites ran with; repeat the option")] = [0, 1, 2, 3, 4],
     out: Annotated[Path, typer.Option(help="folder for report.md and its plots (replaced whole)")] = Path("reports/ablations"),
     show_json: Annotated[Optional[Path], typer.Option(help="read this saved `dvc exp show --json` instead of running it")] = None,
 ):
     """Build the ablation report from finished DVC experiments (`dvc exp show --json`): per
-    suite a table of mean +- std per variant, the gains, what each paper finding looks like
-    here, and plots. Missing or failed experiments are listed, never silently dropped."""
+    suite a table of mean +- std per variant, the gains, each paper finding with its effect,
+    95 % interval (paired bootstrap over seeds and the per-image predictions committed with each
+    experiment) and verdict, and plots. Missing or failed experiments are listed, never
+    silently dropped."""
     from .ablation import experiments_from_show
     from .ablation_report import build
 
     records = experiments_from_show(show_json.read_text()) if show_json else _experiments()
-    page = build(records, suites, seed, out)
+    page = build(records, suites, seed, out, outcomes=_committed_outcomes)
     typer.echo(f"ablation report: {page}")
+
+
+def _committed_outcomes(rec: dict, model: str):
+    """Per test image, 1 where `model` of experiment `rec` was right: its predictions CSV as
+    committed with the experiment (metrics/eval/<model>_predictions.csv, a git-tracked plot)."""
+    import io
+    import subprocess
+
+    import pandas as pd
+
+    r = subprocess.run(["git", "show", f"{rec['rev']}:metrics/eval/{model}_predictions.csv"], capture_output=True, text=True)
+    if r.returncode != 0 or not rec.get("rev"):
+        return None
+    t = pd.read_csv(io.StringIO(r.stdout))
+    return (t["actual"] == t["predicted"]).to_numpy(dtype=float)
 
 
 @cli.command("stages")

@@ -1,11 +1,14 @@
 """The ablation report: from finished DVC experiments (records of `ablation.experiments_from_show`)
 to one Markdown page with a table per suite (mean +- std over seeds per variant), the gains
-over the teacher and the supervised baseline, one sentence per paper finding saying whether
-the data here supports it (with the evidence), and plots. Every number comes from the
-experiments' own metrics files as `dvc exp show` reports them; nothing is re-measured."""
+over the teacher and the supervised baseline, one sentence per paper finding with its effect
+size, a 95 % interval and the verdict the interval allows (stats.py: a paired bootstrap over
+seeds and test images on each experiment's per-image predictions), and plots. Every number
+comes from the experiments' own files (`dvc exp show`, and the per-image predictions committed
+with each experiment); nothing is re-measured."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -13,6 +16,10 @@ import pandas as pd
 from . import plots
 from .ablation import SUITES, experiment_name
 from .report import markdown_table
+from .stats import Effect, paired_bootstrap, seed_interval
+
+# (experiment record, model name) -> per-test-image outcome (1 = correct), or None when unknown
+Outcomes = Callable[[dict, str], "np.ndarray | None"]
 
 
 def _iterations(params: dict) -> list[str]:
@@ -44,9 +51,10 @@ def run_figures(rec: dict) -> dict:
     }
 
 
-def collect(records: list[dict], suite: str, seeds: list[int]) -> tuple[pd.DataFrame, list[str]]:
+def collect(records: list[dict], suite: str, seeds: list[int], outcomes: Outcomes | None = None) -> tuple[pd.DataFrame, list[str]]:
     """One row per (variant, seed) that finished, and the problems: experiments missing,
-    failed, still queued or running, or finished without the metrics the report needs."""
+    failed, still queued or running, or finished without the metrics the report needs. With
+    `outcomes`, each row also holds every model's per-test-image outcomes (column `outcomes`)."""
     by_name = {r["name"]: r for r in records}
     rows, problems = [], []
     for v in SUITES[suite]:
@@ -61,7 +69,11 @@ def collect(records: list[dict], suite: str, seeds: list[int]) -> tuple[pd.DataF
                 problems.append(f"`{name}` ({v.name}, seed {s}): {rec['status']}{why}")
                 continue
             try:
-                rows.append({"variant": v.name, "seed": s, "experiment": name, **run_figures(rec)})
+                row = {"variant": v.name, "seed": s, "experiment": name, **run_figures(rec)}
+                models = ["teacher", *_iterations(rec["params"]), "baseline"]
+                row["last"] = models[-2]
+                row["outcomes"] = {m: o for m in models if outcomes is not None and (o := outcomes(rec, m)) is not None}
+                rows.append(row)
             except KeyError as e:
                 problems.append(f"`{name}` ({v.name}, seed {s}): finished without metric {e}")
     return pd.DataFrame(rows), problems
@@ -98,16 +110,29 @@ def paired(frame: pd.DataFrame, a: str, b: str, col: str = "acc") -> tuple[np.nd
     return (pa.loc[common] - pb.loc[common]).to_numpy(dtype=float), common
 
 
-def verdict(diffs: np.ndarray) -> str:
-    """Whether `diffs` (the paper's expected direction positive) support it in every seed."""
-    if len(diffs) == 0:
-        return "cannot be judged (no seed finished both)"
-    held = int((diffs > 0).sum())
-    if held == len(diffs):
-        return f"supported ({held}/{len(diffs)} seeds)"
-    if held == 0:
-        return f"not supported ({held}/{len(diffs)} seeds)"
-    return f"mixed ({held}/{len(diffs)} seeds)"
+def effect(frame: pd.DataFrame, a: str, b: str, model_a: str | None = None, model_b: str | None = None) -> tuple[Effect, str]:
+    """The test top-1 difference of variant `a`'s model minus variant `b`'s (the last student
+    by default; a == b compares two models of one experiment) over the seeds both finished:
+    a paired bootstrap on per-image outcomes when every seed has them, else a t interval over
+    per-seed differences (said so). Returns the effect and how it was measured."""
+    ra = frame[frame["variant"] == a].set_index("seed")
+    rb = frame[frame["variant"] == b].set_index("seed")
+    seeds = sorted(set(ra.index) & set(rb.index))
+    pairs, diffs = [], []
+    for s in seeds:
+        ma, mb = model_a or ra.loc[s, "last"], model_b or rb.loc[s, "last"]
+        oa, ob = ra.loc[s, "outcomes"].get(ma), rb.loc[s, "outcomes"].get(mb)
+        pairs.append(None if oa is None or ob is None or len(oa) != len(ob) else (oa, ob))
+        diffs.append(_acc(ra.loc[s], ma) - _acc(rb.loc[s], mb))
+    if seeds and all(p is not None for p in pairs):
+        e = paired_bootstrap(pairs)
+        return e, f"paired bootstrap over {e.seeds} seeds and {e.images:,} test images"
+    return seed_interval(np.array(diffs)), f"t interval over {len(seeds)} seeds (per-image predictions unavailable)"
+
+
+def _acc(row: pd.Series, model: str) -> float:
+    """A model's test top-1 from an experiment's summary row: its last student or its baseline."""
+    return {row["last"]: row["acc"], "baseline": row["baseline"]}.get(model, np.nan)
 
 
 def _claim(frame: pd.DataFrame, claim: str, a: str, b: str, col: str = "acc") -> str:
@@ -115,9 +140,9 @@ def _claim(frame: pd.DataFrame, claim: str, a: str, b: str, col: str = "acc") ->
     d, seeds = paired(frame, a, b, col)
     if len(d) == 0:
         return f"- {claim}: cannot be judged here ({a} and {b} have no finished seed in common)."
-    spread = f" ± {100 * d.std(ddof=1):.2f}" if len(d) > 1 else ""
-    return (f"- {claim}: **{verdict(d)}**. {a} − {b}: {100 * d.mean():+.2f}{spread} points of {what} "
-            f"(per seed {', '.join(f'{100 * x:+.2f}' for x in d)}; seeds {seeds}).")
+    e, how = effect(frame, a, b) if col == "acc" else (seed_interval(d), f"t interval over {len(d)} seeds")
+    return (f"- {claim}: **{e.verdict}**. {a} − {b}: {e.points()} of {what} ({how}; per seed "
+            f"{', '.join(f'{100 * x:+.2f}' for x in d)}, seeds {seeds}).")
 
 
 def findings(frame: pd.DataFrame, suite: str) -> list[str]:
@@ -138,10 +163,13 @@ def findings(frame: pd.DataFrame, suite: str) -> list[str]:
         if len(g) == 0:
             return ["- Iterating helps: cannot be judged (no finished chain)."]
         per = np.array(g["per_iteration"].tolist())  # seeds x (teacher, s1, s2, ...)
-        steps = np.diff(per, axis=1)
-        parts = [f"iteration {i + 1}: {100 * steps[:, i].mean():+.2f} points ({verdict(steps[:, i])})" for i in range(steps.shape[1])]
+        models = ["teacher", *[f"s{i}" for i in range(1, per.shape[1])]]
+        parts = []
+        for i in range(1, per.shape[1]):
+            e, how = _step(g, models[i - 1], models[i], per[:, i] - per[:, i - 1])
+            parts.append(f"iteration {i}: **{e.verdict}**, {e.points()} ({how})")
         return ["- Each iteration improves on the last (the paper: iterative training helps, 3 iterations on ImageNet): "
-                + "; ".join(parts) + f". Accuracy after 0..{steps.shape[1]} iterations: "
+                + "; ".join(parts) + f". Accuracy after 0..{per.shape[1] - 1} iterations: "
                 + ", ".join(f"{100 * x:.2f}" for x in per.mean(0)) + " % (mean over seeds)."]
     if suite == "pseudo":
         return [_claim(frame, "Soft pseudo labels beat hard ones (the paper: soft work better, most clearly out of domain)", "soft", "hard"),
@@ -155,11 +183,23 @@ def findings(frame: pd.DataFrame, suite: str) -> list[str]:
         return [_claim(frame, "A larger student helps (the paper: student size matters)", "larger", "equal"),
                 _claim(frame, "Training from scratch beats initialising from the teacher (the paper: sometimes)", "equal", "init-from-teacher")]
     if suite == "baseline":
-        g = frame[frame["variant"] == "supervised"]["gain_baseline"].to_numpy(dtype=float)
-        return [f"- Noisy Student beats the supervised model of the same architecture: **{verdict(g)}**, "
-                f"{100 * g.mean():+.2f} points (per seed {', '.join(f'{100 * x:+.2f}' for x in g)})." if len(g)
-                else "- Noisy Student beats the supervised baseline: cannot be judged (no finished run)."]
+        g = frame[frame["variant"] == "supervised"]
+        if len(g) == 0:
+            return ["- Noisy Student beats the supervised baseline: cannot be judged (no finished run)."]
+        e, how = effect(frame, "supervised", "supervised", model_b="baseline")
+        d = g["gain_baseline"].to_numpy(dtype=float)
+        return [f"- Noisy Student (the last student) beats the supervised model of the same architecture: **{e.verdict}**, "
+                f"{e.points()} ({how}; per seed {', '.join(f'{100 * x:+.2f}' for x in d)})."]
     return []
+
+
+def _step(g: pd.DataFrame, prev: str, nxt: str, diffs: np.ndarray) -> tuple[Effect, str]:
+    """Model `nxt` minus model `prev` of the same experiments (the chain)."""
+    pairs = [(r.outcomes.get(nxt), r.outcomes.get(prev)) for r in g.itertuples()]
+    if all(a is not None and b is not None and len(a) == len(b) for a, b in pairs):
+        e = paired_bootstrap(pairs)
+        return e, f"paired bootstrap, {e.seeds} seeds x {e.images // max(e.seeds, 1):,} images"
+    return seed_interval(diffs), f"t interval over {len(diffs)} seeds"
 
 
 def _series(frame: pd.DataFrame, xs: dict[str, float]) -> pd.DataFrame:
@@ -187,7 +227,7 @@ def suite_plot(frame: pd.DataFrame, suite: str, path: Path) -> Path | None:
     return None
 
 
-def build(records: list[dict], suites: list[str], seeds: list[int], out: Path) -> Path:
+def build(records: list[dict], suites: list[str], seeds: list[int], out: Path, outcomes: Outcomes | None = None) -> Path:
     """Write `out`/report.md (+ one PNG per plotted suite), replacing the folder whole."""
     from .io import atomic_dir
 
@@ -199,10 +239,13 @@ def build(records: list[dict], suites: list[str], seeds: list[int], out: Path) -
           "draws). Every figure is the **last student's** test top-1 (the end of the chain, chosen before "
           "looking), as mean ± std over seeds; gains are in points; pseudo-label accuracy is that of the "
           "labels the last student learned from (hidden labels). Numbers come from each experiment's "
-          "metrics files as `dvc exp show` reports them.", ""]
+          "metrics files as `dvc exp show` reports them. A finding is **supported** only when the 95 % interval "
+          "of its effect excludes 0 in the paper's direction (**contradicted**: in the other; otherwise **not "
+          "distinguishable at this size**); the interval comes from a paired bootstrap that resamples seeds and, "
+          "within each, the test images both variants predicted (stats.py).", ""]
     with atomic_dir(out) as tmp:
         for s in suites:
-            frame, problems = collect(records, s, seeds)
+            frame, problems = collect(records, s, seeds, outcomes)
             md += [f"## {s}", "", markdown_table(table(frame, s, seeds).to_dict("records")), "Findings:", "", *findings(frame, s), ""]
             png = suite_plot(frame, s, tmp / f"{s}.png")
             if png is not None:
