@@ -27,13 +27,20 @@ def read_params(path: Path) -> Params:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Bad inputs (data, checkpoints, missing files) end the stage with one line, exit 1."""
-    from .io import InputError
+    """Bad inputs (data, checkpoints, missing files) and a full disk end the stage with one
+    line, exit 1."""
+    from .io import InputError, is_disk_full
 
     try:
         yield
     except (InputError, FileNotFoundError) as e:
         fail(str(e))
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        if e.filename:  # our atomic writers name the target, and leave its previous version
+            fail(f"disk full writing {e.filename}: {e.strerror} (its previous version is unchanged; free space and re-run)")
+        fail(f"disk full: {e} (free space and re-run)")
 
 
 def fail(msg: str) -> None:

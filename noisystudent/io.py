@@ -1,14 +1,17 @@
 """Atomic writes: a killed stage leaves the previous complete file or none, never a torn one.
 
 Each writer writes to a temporary file in the same folder, fsyncs it, then renames it over
-the target (rename is atomic on POSIX within one filesystem).
+the target (rename is atomic on POSIX within one filesystem). A full disk (ENOSPC, EDQUOT) while
+writing leaves the previous target as it was and raises an OSError naming the target.
 """
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
 import re
+import signal
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,23 +68,54 @@ def _temp_prefix(path: Path) -> str:
     return f".{path.name}.{os.getpid()}."
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """ENOSPC / EDQUOT, also from writers (pyarrow) that give only the message."""
+    return isinstance(e, OSError) and (e.errno in DISK_FULL or any(
+        os.strerror(n) in str(e) for n in DISK_FULL))
+
+
+@contextmanager
+def _naming_disk_full(path: Path) -> Iterator[None]:
+    """A full disk while writing `path`'s temporary: the error names `path` (the temporary's
+    random name means nothing to the user, and it is gone by then)."""
+    try:
+        yield
+    except OSError as e:
+        if not is_disk_full(e) or e.filename == str(path):
+            raise
+        n = e.errno if e.errno in DISK_FULL else next(n for n in DISK_FULL if os.strerror(n) in str(e))
+        raise OSError(n, os.strerror(n), str(path)) from e
+
+
+def _fault_kill_in_write(path: Path) -> None:
+    # fault injection (tests): NS_FAULT_KILL_IN_WRITE=<substring> SIGKILLs the writer of a target
+    # whose path contains it when the temporary file / folder is whole, just before the rename
+    if (sub := os.environ.get("NS_FAULT_KILL_IN_WRITE")) and sub in path.as_posix():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _clear_stale(path.parent, path.name)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, _mode(0o666))
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _naming_disk_full(path):
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            yield Path(tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.chmod(tmp, _mode(0o666))
+            _fault_kill_in_write(path)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    _fsync_dir(path.parent)  # (outside: an error here is not "the previous version is unchanged")
 
 
 @contextmanager
@@ -94,26 +128,32 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _clear_stale(path.parent, path.name)
-    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        for root, _, files in os.walk(tmp):  # everything inside is on disk before the rename
-            for name in files:
-                with open(Path(root) / name, "rb") as f:
-                    os.fsync(f.fileno())
-            _fsync_dir(Path(root))
-        os.chmod(tmp, _mode(0o777))
+    with _naming_disk_full(path):
+        tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
         old = None
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".old", dir=path.parent))
-            os.replace(path, old / path.name)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        try:
+            yield tmp
+            for root, _, files in os.walk(tmp):  # everything inside is on disk before the rename
+                for name in files:
+                    with open(Path(root) / name, "rb") as f:
+                        os.fsync(f.fileno())
+                _fsync_dir(Path(root))
+            os.chmod(tmp, _mode(0o777))
+            if path.exists():
+                old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".old", dir=path.parent))
+                os.replace(path, old / path.name)
+            _fault_kill_in_write(path)
+            os.replace(tmp, path)
+        except BaseException:
+            if old is not None and (old / path.name).exists() and not path.exists():
+                os.replace(old / path.name, path)  # the new one did not go in: the previous one back
+            shutil.rmtree(tmp, ignore_errors=True)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+            raise
+    _fsync_dir(path.parent)  # the rename is durable before the previous folder goes
+    if old is not None:
+        shutil.rmtree(old)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -1,42 +1,68 @@
-"""Fault injection through the real `dvc repro`: training and labeling stages are SIGKILLed at
-several points; after each kill every output on disk must read back whole, and the `dvc
-repro` that finally completes must give exactly the metrics of an uninterrupted run."""
+"""Fault injection through the real `dvc repro`: training, labeling and selection are SIGKILLed
+at several points, two of them inside a write (the temporary whole, not yet renamed); after
+each kill every output on disk must read back whole, and the `dvc repro` that finally
+completes must give exactly the metrics of an uninterrupted run and leave no temporary."""
 import json
+import os
+from fnmatch import fnmatch
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from noisystudent.checkpoint import load_checkpoint
 from test_e2e import dvc, make_repo
 
-pytestmark = pytest.mark.slow
-
 # (environment for one `dvc repro`, the stage it must kill): each run resumes what the
 # previous kill left and goes on until the next kill point
 KILLS = [
     ({"NS_FAULT_KILL_AT_STEP": "train_teacher:7"}, "train_teacher"),
-    ({"NS_FAULT_KILL_AT_STEP": "train_teacher:12"}, "train_teacher"),  # killed again after resuming
+    # killed again after resuming, inside the model's write (the temporary whole, not renamed)
+    ({"NS_FAULT_KILL_IN_WRITE": "models/teacher.pt"}, "train_teacher"),
     ({"NS_FAULT_KILL_AFTER_PARTS": "1"}, "pseudo_label@s1"),
+    ({"NS_FAULT_KILL_IN_WRITE": "selected.parquet"}, "select@s1"),
     ({"NS_FAULT_KILL_AT_STEP": "train_student@s1:6"}, "train_student@s1"),
     ({"NS_FAULT_KILL_AFTER_PARTS": "2"}, "pseudo_label@s2"),
     ({"NS_FAULT_KILL_AT_STEP": "train_student@s2:11"}, "train_student@s2"),
 ]
 
+OUTPUT_DIRS = ("data", "models", "metrics", "docs")
+# noisystudent/io.py names its temporaries .<name>.<pid>.<random>.tmp (folders moved aside: .old)
+TEMPORARY = (".*.tmp", ".*.old")
+
+
+def is_temporary(name: str) -> bool:
+    return any(fnmatch(name, pattern) for pattern in TEMPORARY)
+
+
+def walk_outputs(root: Path):
+    """(temporaries, other files) under the output folders, hidden ones included; a temporary
+    folder is listed, not entered (a killed writer's half-filled folder)."""
+    temps, files = [], []
+    for top in OUTPUT_DIRS:
+        for folder, dirs, names in os.walk(root / top):
+            temps += [Path(folder) / d for d in dirs if is_temporary(d)]
+            dirs[:] = [d for d in dirs if not is_temporary(d)]
+            for name in names:
+                (temps if is_temporary(name) else files).append(Path(folder) / name)
+    return temps, files
+
 
 def assert_nothing_torn(root: Path) -> int:
-    """Every output file present reads back whole; returns how many were checked."""
+    """Every output file present (temporaries aside) reads back whole; returns how many were read."""
+    from PIL import Image
+
+    readers = {".parquet": pd.read_parquet, ".pt": load_checkpoint, ".json": lambda f: json.loads(f.read_text()),
+               ".csv": pd.read_csv, ".npy": np.load, ".png": lambda f: Image.open(f).load()}
     n = 0
-    for f in [*root.glob("data/**/*.parquet"), *root.glob("models/**/*.pt"), *root.glob("metrics/**/*.json")]:
-        if f.name.startswith("."):
-            raise AssertionError(f"temporary file left behind: {f}")
-        if f.suffix == ".parquet":
-            pd.read_parquet(f)
-        elif f.suffix == ".pt":
-            load_checkpoint(f)
-        else:
-            json.loads(f.read_text())
-        n += 1
+    for f in walk_outputs(root)[1]:
+        if f.suffix in readers:
+            try:
+                readers[f.suffix](f)
+            except Exception as e:
+                raise AssertionError(f"torn output {f}: {e}") from e
+            n += 1
     return n
 
 
@@ -44,16 +70,41 @@ def metrics(root: Path) -> dict:
     return {str(f.relative_to(root)): json.loads(f.read_text()) for f in sorted(root.glob("metrics/**/*.json"))}
 
 
-def test_kills_at_six_points_then_same_metrics_as_uninterrupted(tmp_path):
+def test_the_leftover_checks_see_hidden_temporaries_and_torn_files(tmp_path):
+    """The checks below can fail: a temporary file or folder anywhere under the outputs, and a
+    torn file, are each caught (the old globs *.parquet / *.pt / *.json matched none of them)."""
+    left = [tmp_path / "models/.teacher.pt.123.ab_cd9xy.tmp", tmp_path / "data/pseudo/s1/.selected.parquet.9.k2j3.tmp",
+            tmp_path / "metrics/.eval.77.q1w2e3r4.old"]
+    for f in left[:2]:
+        f.parent.mkdir(parents=True)
+        f.write_bytes(b"PAR1 half")
+    (left[2] / "eval").mkdir(parents=True)
+    (left[2] / "eval/teacher.json").write_text("{")  # inside a temporary folder: not read
+    pd.DataFrame({"a": [1]}).to_parquet(tmp_path / "data/whole.parquet")
+    temps, files = walk_outputs(tmp_path)
+    assert sorted(temps) == sorted(left) and files == [tmp_path / "data/whole.parquet"]
+    assert assert_nothing_torn(tmp_path) == 1
+    (tmp_path / "metrics/eval.json").write_text('{"top1": 0.')
+    with pytest.raises(AssertionError, match="torn output .*eval.json"):
+        assert_nothing_torn(tmp_path)
+
+
+@pytest.mark.slow
+def test_kills_at_seven_points_then_same_metrics_as_uninterrupted(tmp_path):
     root, env = make_repo(tmp_path / "repo", speed={"checkpoint_every": 5}, pseudo={"rows_per_file": 300},
                           teacher={"steps": 20}, student={"steps": 15}, mlflow={"enabled": False})
+    killed_in_write = []
     for extra, stage in KILLS:
         out = dvc("repro", cwd=root, env={**env, **extra}, check=False)
         assert f"failed to reproduce '{stage}'" in out, out[-2000:]
         assert assert_nothing_torn(root) > 0
+        if "NS_FAULT_KILL_IN_WRITE" in extra:  # the kill left the whole temporary beside the target
+            killed_in_write += [t for t in walk_outputs(root)[0] if extra["NS_FAULT_KILL_IN_WRITE"].split("/")[-1] in t.name]
+    assert len(killed_in_write) == 2, killed_in_write
     out = dvc("repro", cwd=root, env=env)
     assert "resuming at step 10/15" in out  # the s2 student went on from its checkpoint
     assert not list(root.glob("models/.resume/*"))  # every finished stage removed its resume file
+    assert walk_outputs(root)[0] == []  # the re-runs cleared what the killed writers left
 
     # the uninterrupted run: the same stage functions on the same params, in one process
     # (checkpoint_every and rows_per_file change how often things are saved, never a result)
