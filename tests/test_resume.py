@@ -94,8 +94,9 @@ def test_any_changed_key_restarts_training(work, kind, section, key, value):
     raw = yaml.safe_load((work / "params.yaml").read_text())
     raw[section][key] = value
     (work / f"params_{key}.yaml").write_text(yaml.safe_dump(raw))
-    r = train(kind, work, out, params=f"params_{key}.yaml")
-    assert r.returncode == 0, r.stderr[-2000:]
+    # the verdict is printed before the first step: stop the re-run right after it
+    r = train(kind, work, out, {"NS_FAULT_KILL_AT_STEP": f"{desc}:1"}, params=f"params_{key}.yaml")
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
     assert f"params.{section}.{key}" in r.stdout and "not used, starting from step 0" in r.stdout
 
 
@@ -110,8 +111,8 @@ def test_checkpoint_made_by_other_code_is_not_used(work, tmp_path):
         shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     with open(tmp_path / "noisystudent" / "recipe.py", "a") as f:
         f.write("\n# a changed line\n")
-    r = train("teacher", work, out, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-2000:]
+    r = train("teacher", work, out, {"NS_FAULT_KILL_AT_STEP": "train_teacher:1"}, cwd=tmp_path)  # stopped after the verdict
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
     assert "(changed: code_sha256); not used, starting from step 0" in r.stdout
 
 
