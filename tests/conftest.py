@@ -45,8 +45,22 @@ def tiny_params():
     return lambda **kw: Params.model_validate(tiny_raw(**kw))
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory):
+    """An empty MLflow SQLite store, made once per worker: creating its tables takes seconds."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    mlflow.tracking.MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def mlflow_uri(tmp_path, monkeypatch):
+def mlflow_uri(empty_store, tmp_path, monkeypatch):
+    """A fresh store for one test (a copy of the empty one), as MLFLOW_TRACKING_URI."""
+    import shutil
+
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri

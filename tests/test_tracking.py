@@ -6,23 +6,6 @@ import pytest
 from noisystudent.tracking import StageRun, flatten, sync_pending
 
 
-@pytest.fixture(scope="module")
-def empty_store(tmp_path_factory):
-    """An empty SQLite store, made once: creating its tables takes seconds."""
-    path = tmp_path_factory.mktemp("store") / "mlflow.db"
-    mlflow.tracking.MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
-@pytest.fixture
-def mlflow_uri(empty_store, tmp_path, monkeypatch):
-    """conftest's, from a copy of the empty store."""
-    shutil.copy(empty_store, tmp_path / "mlflow.db")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return uri
-
-
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
 

@@ -3,7 +3,6 @@ spool that cannot be written (disk full), a pending record the store refuses, a 
 sender was killed after claiming it."""
 import errno
 import json
-import shutil
 import subprocess
 
 import mlflow
@@ -14,22 +13,11 @@ from mlflow.entities import ViewType
 from noisystudent.tracking import StageRun, pending_dir, sync_pending
 
 
-@pytest.fixture(scope="module")
-def empty_store(tmp_path_factory):
-    """An empty SQLite store, made once: creating its tables takes seconds."""
-    path = tmp_path_factory.mktemp("store") / "mlflow.db"
-    mlflow.tracking.MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
 @pytest.fixture
-def store(empty_store, tmp_path, monkeypatch):
+def store(mlflow_uri, tmp_path, monkeypatch):
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.setenv("DVC_EXP_NAME", "exp-spool")
-    shutil.copy(empty_store, tmp_path / "mlflow.db")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return mlflow.tracking.MlflowClient(uri)
+    return mlflow.tracking.MlflowClient(mlflow_uri)
 
 
 def _runs(view=ViewType.ALL):
