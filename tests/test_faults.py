@@ -3,8 +3,6 @@ at several points, two of them inside a write (the temporary whole, not yet rena
 each kill every output on disk must read back whole, and the `dvc repro` that finally
 completes must give exactly the metrics of an uninterrupted run and leave no temporary."""
 import json
-import os
-from fnmatch import fnmatch
 from pathlib import Path
 
 import numpy as np
@@ -27,26 +25,8 @@ KILLS = [
     ({"NS_FAULT_KILL_AT_STEP": "train_student@s2:11"}, "train_student@s2"),
 ]
 
-OUTPUT_DIRS = ("data", "models", "metrics", "docs")
-# noisystudent/io.py names its temporaries .<name>.<pid>.<random>.tmp (folders moved aside: .old)
-TEMPORARY = (".*.tmp", ".*.old")
-
-
-def is_temporary(name: str) -> bool:
-    return any(fnmatch(name, pattern) for pattern in TEMPORARY)
-
-
-def walk_outputs(root: Path):
-    """(temporaries, other files) under the output folders, hidden ones included; a temporary
-    folder is listed, not entered (a killed writer's half-filled folder)."""
-    temps, files = [], []
-    for top in OUTPUT_DIRS:
-        for folder, dirs, names in os.walk(root / top):
-            temps += [Path(folder) / d for d in dirs if is_temporary(d)]
-            dirs[:] = [d for d in dirs if not is_temporary(d)]
-            for name in names:
-                (temps if is_temporary(name) else files).append(Path(folder) / name)
-    return temps, files
+# the campaign's own walk: temporaries (io.py's .<name>.<pid>.<random>.tmp / .old) vs outputs
+from benchmarks.fault_campaign import OUTPUT_DIRS, is_temporary, walk as walk_outputs  # noqa: E402,F401
 
 
 def assert_nothing_torn(root: Path) -> int:
