@@ -1,25 +1,29 @@
-"""Fault campaign: SIGKILL `dvc repro` of the default pipeline at seeded random moments, re-run it
-to completion, and compare every output with an uninterrupted run.
+"""Fault campaign: SIGKILL `dvc repro` of the default pipeline inside seeded stages, re-run it to
+completion, and compare every output with an uninterrupted run.
 
 In a throwaway copy of the repository (a clone of HEAD, or with --worktree the working tree as
-it is) one uninterrupted `dvc repro` from scratch is the reference; its wall time is T. Then
-each round starts from scratch again (dvc.lock, every output it lists and DVC's cache, with the
-run-cache, removed), draws --kills seeded moments uniform in (0, T), counted from the round's
-start, and runs `dvc repro` in its own process group, SIGKILLing the whole group at each moment
-and starting it again. One kill per round (seeded) lands inside a write instead: that restart
-runs with NS_FAULT_KILL_IN_WRITE=<a seeded choice among the write targets of the stages due
-next>, so the stage kills itself with its temporary file / folder whole and not yet renamed
-(noisystudent/io.py). After every kill: which stage was running (dvc's `Running stage` lines),
-no process left behind, dvc.lock still YAML, every output file present reads back whole
-(temporaries of the killed writer aside). The round then ends with a plain `dvc repro` that must
-complete, `dvc status` that must be clean, no temporary left, and outputs identical to the
-reference: the md5 of every `outs` entry of dvc.lock (DVC hashes each, `cache: false` ones too)
-and the bytes of metrics/**/*.json and models/*.pt.
+it is) one uninterrupted `dvc repro` from scratch is the reference; it gives the stage order and
+each stage's duration (from dvc's `Running stage` lines). The stages are shuffled once (seeded)
+and dealt to the rounds, --kills to a round, so rounds kill different stages and enough rounds
+kill every stage. Each round starts from scratch again (dvc.lock, every output it lists and
+DVC's cache, with the run-cache, removed) and runs `dvc repro` in its own process group; for each
+of its stages, in pipeline order, it waits for that stage to start and SIGKILLs the whole group
+at a seeded fraction of the stage's reference duration, then starts `dvc repro` again. Kills are
+placed in stages rather than at moments of the whole run so a slower or faster machine than the
+reference's cannot push them past the end of the round. One kill per round (seeded) lands inside
+a write instead: that restart runs with NS_FAULT_KILL_IN_WRITE=<the write target of its stage>,
+so the stage kills itself with its temporary file / folder whole and not yet renamed
+(noisystudent/io.py). After every kill: which stage was running, no process left behind,
+dvc.lock still YAML, every output file present reads back whole (temporaries of the killed
+writer aside). The round then ends with a plain `dvc repro` that must complete, `dvc status`
+that must be clean, no temporary left, and outputs identical to the reference: the md5 of every
+`outs` entry of dvc.lock (DVC hashes each, `cache: false` ones too) and the bytes of
+metrics/**/*.json and models/*.pt.
 
 Exit code 1 when any output differs, any restart fails, any output is torn or any temporary
 is left; the table and the totals go to benchmarks/results/fault_campaign.{md,json}.
 
-    .venv/bin/python benchmarks/fault_campaign.py --rounds 4 --kills 5 --seed 0
+    .venv/bin/python benchmarks/fault_campaign.py --rounds 2 --kills 15 --seed 0
 """
 from __future__ import annotations
 
@@ -68,6 +72,8 @@ def say(msg: str = "") -> None:
 class Kill:
     round: int
     n: int
+    target: str  # the stage drawn for this kill
+    fraction: float  # into the target's reference duration (an in-write kill: where its write fell)
     at_s: float  # from the round's start
     stage: str  # the stage dvc was running (or where dvc was)
     in_write: str = ""  # the NS_FAULT_KILL_IN_WRITE substring, for a kill inside a write
@@ -230,6 +236,16 @@ class Repro:
                                   stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True)
         self.killed = False
 
+    def wait_for_stage(self, stage: str, delay: float, timeout: float) -> bool:
+        """SIGKILL the group `delay` seconds after `stage` starts; False if dvc ended before then."""
+        deadline = time.monotonic() + timeout
+        while self.p.poll() is None and f"Running stage '{stage}'" not in self.text():
+            if time.monotonic() > deadline:
+                self.wait_until(0)
+                raise TimeoutError(f"stage {stage} not started after {timeout:.0f} s (killed; log {self.log})")
+            time.sleep(0.05)
+        return self.wait_until(time.monotonic() + delay)
+
     def wait_until(self, deadline: float) -> bool:
         """SIGKILL the group at `deadline` (monotonic) unless it ended first; True if killed."""
         while self.p.poll() is None and time.monotonic() < deadline:
@@ -290,88 +306,98 @@ def reference(repo: Path, env: dict, logs: Path, ref: Path, outs: set[str]) -> t
     say("reference: one uninterrupted `dvc repro` from scratch ...")
     t0 = time.monotonic()
     r = Repro(repo, env, logs / "reference.log")
-    if r.wait(timeout=4 * 3600) != 0:
+    starts: dict[str, float] = {}  # stage -> when its `Running stage` line appeared
+    while r.p.poll() is None:
+        for stage in RUNNING.findall(r.text()):
+            starts.setdefault(stage, time.monotonic() - t0)
+        if time.monotonic() - t0 > 4 * 3600:
+            r.wait_until(0)
+            sys.exit(f"the reference `dvc repro` ran over 4 hours: see {r.log}")
+        time.sleep(0.05)
+    r.wait_until(0)
+    if r.p.returncode != 0:
         sys.exit(f"the reference `dvc repro` failed: see {r.log}")
     seconds = time.monotonic() - t0
     order = RUNNING.findall(r.text())
+    ends = [starts[s] for s in order[1:]] + [seconds]
+    durations = {s: max(e - starts[s], 0.1) for s, e in zip(order, ends)}
     ref.mkdir(parents=True, exist_ok=True)
     shutil.copy2(repo / "dvc.lock", ref / "dvc.lock")
     (ref / "files.json").write_text(json.dumps(compared_files(repo), indent=1))
-    say(f"reference: {seconds:.0f} s, {len(order)} stages: {', '.join(order)}")
-    return seconds, order
+    say(f"reference: {seconds:.0f} s, {len(order)} stages: " + ", ".join(f"{s} {durations[s]:.0f} s" for s in order))
+    return seconds, order, durations
 
 
-def pick_in_write(rng: random.Random, repo: Path, order: list[str]) -> str | None:
-    """A seeded write target among those of the next stages due (so the restart reaches it soon)."""
-    done = locked_stages(repo)
-    pending = [s for s in order if s not in done]
-    for horizon in (3, len(pending)):
-        soon = pending[:horizon]
-        choices = [sub for sub, prefixes in IN_WRITE.items() if any(s.startswith(prefixes) for s in soon)]
-        if choices:
-            return rng.choice(choices)
-    return None
+def deal(seed: int, order: list[str], rounds: int, kills: int) -> list[list[str]]:
+    """The stages shuffled once and dealt to the rounds, `kills` each (again from the top when
+    there are more kills than stages); each round's in pipeline order."""
+    shuffled = random.Random(f"{seed}:deal").sample(order, len(order))
+    dealt = [shuffled[(n * kills + i) % len(order)] for n in range(rounds) for i in range(kills)]
+    return [sorted(set(dealt[n * kills:(n + 1) * kills]), key=order.index) for n in range(rounds)]
 
 
-def one_round(n: int, args, repo: Path, env: dict, logs: Path, ref: Path, T: float, order: list[str], outs: set[str]) -> Round:
+def write_target(stage: str) -> str | None:
+    """The NS_FAULT_KILL_IN_WRITE substring that matches a write of this stage."""
+    return next((sub for sub, prefixes in IN_WRITE.items() if stage.startswith(prefixes)), None)
+
+
+def one_round(n: int, args, repo: Path, env: dict, logs: Path, ref: Path, durations: dict[str, float], targets: list[str],
+              outs: set[str]) -> Round:
     rng = random.Random(f"{args.seed}:{n}")
-    moments = sorted(rng.uniform(0, T) for _ in range(args.kills))
-    in_write_at = rng.randrange(args.kills) if args.in_write else -1
-    late = random.Random(f"{args.seed}:{n}:late")  # draws only when a moment passed during an in-write run
+    fractions = [rng.uniform(0.05, 0.95) for _ in targets]
+    writers = [i for i, s in enumerate(targets) if write_target(s)]
+    in_write_at = rng.choice(writers) if args.in_write and writers else -1
     rnd = Round(n)
     from_scratch(repo, outs)
-    say(f"\nround {n}: kills at {', '.join(f'{m:.0f}' for m in moments)} s"
-        + (f" (kill {in_write_at + 1} inside a write)" if in_write_at >= 0 else ""))
+    say(f"\nround {n}: kills in " + ", ".join(
+        f"{s} ({'inside a write' if i == in_write_at else f'{f:.0%} in'})" for i, (s, f) in enumerate(zip(targets, fractions))))
     t0 = time.monotonic()
     previous: Kill | None = None
-    for i, moment in enumerate(moments):
-        target = pick_in_write(rng, repo, order) if i == in_write_at else None
+    for i, (stage, fraction) in enumerate(zip(targets, fractions)):
+        target = write_target(stage) if i == in_write_at else None
         log = logs / f"r{n}_k{i + 1}.log"
-        if target:
-            r = Repro(repo, env, log, {"NS_FAULT_KILL_IN_WRITE": target})
-            try:
-                code = r.wait(timeout=3 * T)
-            except TimeoutError as e:
-                rnd.findings.append(f"round {n} kill {i + 1}: {e}")
-                return rnd
-            landed = code != 0 and "failed to reproduce" in r.text()
-        else:
-            r = Repro(repo, env, log)
-            # a moment that passed while an in-write run went on: a little after this start
-            now = time.monotonic()
-            landed = r.wait_until(t0 + moment if t0 + moment > now else now + late.uniform(2, 20))
+        r = Repro(repo, env, log, {"NS_FAULT_KILL_IN_WRITE": target} if target else None)
+        try:
+            if target:
+                code = r.wait(timeout=3 * sum(durations.values()) + 600)
+                landed = code != 0 and "failed to reproduce" in r.text()
+            else:
+                landed = r.wait_for_stage(stage, fraction * durations[stage], timeout=3 * sum(durations.values()) + 600)
+        except TimeoutError as e:
+            rnd.findings.append(f"round {n} kill {i + 1}: {e}")
+            return rnd
         at = time.monotonic() - t0
         rnd.findings += [f"round {n} kill {i + 1}: {f}" for f in lock_findings(r.text())]
         if previous is not None:  # this run is the restart after the previous kill
             previous.restart_ok = restart_ok(r, bool(target) and landed)
         if not landed:
             if r.p.returncode == 0:
-                say(f"  kill {i + 1}: the pipeline completed at {at:.0f} s before this kill")
-                rnd.findings.append(f"round {n} kill {i + 1}: pipeline completed before the kill moment ({at:.0f} s)")
+                say(f"  kill {i + 1}: the pipeline completed at {at:.0f} s before the kill in {stage}")
+                rnd.findings.append(f"round {n} kill {i + 1}: pipeline completed before the kill in {stage} ({at:.0f} s)")
                 previous = None
                 break
             say(f"  kill {i + 1}: dvc repro failed by itself (exit {r.p.returncode}) at {at:.0f} s: {r.errors()[-3:]}")
             rnd.findings.append(f"round {n} kill {i + 1}: restart failed by itself: {r.errors()[-3:]}")
             previous = None
             continue
-        k = Kill(n, i + 1, round(at, 1), r.where(), target or "")
+        k = Kill(n, i + 1, stage, round(fraction, 3) if not target else -1.0, round(at, 1), r.where(), target or "")
         k.survivors = survivors(repo)
-        for s in k.survivors:
-            os.kill(int(s.split(":")[0]), signal.SIGKILL)
+        for sv in k.survivors:
+            os.kill(int(sv.split(":")[0]), signal.SIGKILL)
         k.left = [str(t.relative_to(repo)) for t in walk(repo)[0]]
         k.torn, k.read = torn(repo)
         if target and not any(Path(t).name.startswith(".") for t in k.left):
             k.note = "no temporary left by the in-write kill"
         rnd.kills.append(k)
         previous = k
-        say(f"  kill {i + 1}: {at:6.1f} s  {k.stage}" + (f"  [in write: {target}]" if target else "") + f"  ({k.read} files read back)"
-            + (f"  left: {', '.join(k.left)}" if k.left else "") + (f"  TORN: {k.torn}" if k.torn else "")
-            + (f"  SURVIVORS: {k.survivors}" if k.survivors else ""))
+        say(f"  kill {i + 1}: {at:6.1f} s  {k.stage}" + (f"  [in write: {target}]" if target else f"  ({fraction:.0%} into {stage})")
+            + f"  ({k.read} files read back)" + (f"  left: {', '.join(k.left)}" if k.left else "")
+            + (f"  TORN: {k.torn}" if k.torn else "") + (f"  SURVIVORS: {k.survivors}" if k.survivors else ""))
 
     say("  completing: dvc repro ...")
     final = Repro(repo, env, logs / f"r{n}_final.log")
     try:
-        code = final.wait(timeout=3 * T)
+        code = final.wait(timeout=3 * sum(durations.values()) + 600)
     except TimeoutError as e:
         code = f"timeout ({e})"
     rnd.findings += [f"round {n} final run: {f}" for f in lock_findings(final.text())]
@@ -397,7 +423,7 @@ def one_round(n: int, args, repo: Path, env: dict, logs: Path, ref: Path, T: flo
     return rnd
 
 
-def report(args, T: float, order: list[str], rounds: list[Round], out: Path, seconds: float) -> dict:
+def report(args, T: float, order: list[str], durations: dict[str, float], rounds: list[Round], out: Path, seconds: float) -> dict:
     kills = [k for r in rounds for k in r.kills]
     restart_failures = [k for k in kills if k.restart_ok is False] + [r for r in rounds if not r.completed]
     mismatches = [f"round {r.n}: {m}" for r in rounds for m in r.mismatches]
@@ -410,8 +436,10 @@ def report(args, T: float, order: list[str], rounds: list[Round], out: Path, sec
         "source": "working tree" if args.worktree else f"HEAD {subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True).stdout.strip()}",
         "rounds": args.rounds, "kills_per_round": args.kills, "seed": args.seed,
         "reference_seconds": round(T, 1), "campaign_seconds": round(seconds, 1), "stage_order": order,
+        "reference_stage_seconds": {s: round(d, 1) for s, d in durations.items()},
         "kills": len(kills), "kills_in_write": sum(bool(k.in_write) for k in kills),
         "stages_killed": sorted({k.stage for k in kills}),
+        "stages_never_killed": [s for s in order if s not in {k.stage for k in kills}],
         "mismatches": mismatches, "restart_failures": len(restart_failures), "torn": torn_,
         "leftover_temporaries": leftovers, "survivors": survivors_, "findings": findings,
         "ok": bool(kills) and not (mismatches or restart_failures or torn_ or leftovers or survivors_),
@@ -420,12 +448,14 @@ def report(args, T: float, order: list[str], rounds: list[Round], out: Path, sec
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     ok = {True: "yes", False: "**NO**", None: "?"}
-    rows = [f"| {k.round} | {k.n} | {k.at_s:.1f} | {k.stage} | {k.in_write or 'no'} | {ok[k.restart_ok]} | "
+    rows = [f"| {k.round} | {k.n} | {k.target} | {'write' if k.in_write else f'{k.fraction:.0%}'} | {k.at_s:.1f} | {k.stage} | "
+            f"{k.in_write or 'no'} | {ok[k.restart_ok]} | "
             f"{', '.join(k.left) or '-'} |" for k in kills]
     md = [
-        "# Fault campaign: `dvc repro` SIGKILLed at seeded moments, re-run, compared with an uninterrupted run", "",
+        "# Fault campaign: `dvc repro` SIGKILLed inside seeded stages, re-run, compared with an uninterrupted run", "",
         f"`{result['command']}` on {result['source']}; reference run {T:.0f} s; campaign {seconds / 60:.1f} min.", "",
-        f"- kills: **{result['kills']}** ({result['kills_in_write']} inside a write), over {len(result['stages_killed'])} stages",
+        f"- kills: **{result['kills']}** ({result['kills_in_write']} inside a write), over {len(result['stages_killed'])} "
+        f"of the pipeline's {len(order)} stages" + (f" (never killed: {', '.join(result['stages_never_killed'])})" if result['stages_never_killed'] else ""),
         f"- mismatches with the uninterrupted run: **{len(mismatches)}**" + "".join(f"\n  - {m}" for m in mismatches),
         f"- restart failures: **{len(restart_failures)}**",
         f"- torn outputs after a kill: **{len(torn_)}**" + "".join(f"\n  - {t}" for t in torn_),
@@ -434,7 +464,9 @@ def report(args, T: float, order: list[str], rounds: list[Round], out: Path, sec
         "- findings:" + ("".join(f"\n  - {f}" for f in findings) if findings else " none"), "",
         "Every `outs` md5 of dvc.lock and the bytes of metrics/**/*.json and models/*.pt are compared; "
         "`left` lists the temporaries beside the outputs just after the kill (a re-run clears them).", "",
-        "| round | kill | s | stage killed | in write | restart ok | left |", "|---|---|---|---|---|---|---|", *rows, "",
+        "`drawn` is the stage drawn for the kill and `into` the fraction of its reference duration; `stage killed` is "
+        "the one dvc was running (a stage shorter this time than in the reference hands the kill to the next).", "",
+        "| round | kill | drawn | into | s | stage killed | in write | restart ok | left |", "|---|---|---|---|---|---|---|---|---|", *rows, "",
     ]
     out.with_suffix(".md").write_text("\n".join(md))
     return result
@@ -443,9 +475,9 @@ def report(args, T: float, order: list[str], rounds: list[Round], out: Path, sec
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    ap.add_argument("--rounds", type=int, default=4, help="rounds, each from scratch (default 4)")
-    ap.add_argument("--kills", type=int, default=5, help="kills per round (default 5)")
-    ap.add_argument("--seed", type=int, default=0, help="seeds the moments and the in-write targets (default 0)")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds, each from scratch (default 2)")
+    ap.add_argument("--kills", type=int, default=15, help="kills per round, each in a different stage (default 15)")
+    ap.add_argument("--seed", type=int, default=0, help="seeds the stages, the fractions and the in-write kills (default 0)")
     ap.add_argument("--workdir", type=Path, help="where the copy of the repository goes (default: a new temporary folder)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs: <workdir>/logs)")
     ap.add_argument("--worktree", action="store_true", help="copy the working tree as it is instead of cloning HEAD")
@@ -469,10 +501,11 @@ def main() -> int:
         repo = make_repo(workdir, args.worktree)
         env = environment(workdir)
         outs = set(lock_outs(repo)) if (repo / "dvc.lock").exists() else set()
-        T, order = reference(repo, env, logs, workdir / "reference", outs)
+        T, order, durations = reference(repo, env, logs, workdir / "reference", outs)
         outs |= set(lock_outs(repo))
-        rounds = [one_round(n + 1, args, repo, env, logs, workdir / "reference", T, order, outs) for n in range(args.rounds)]
-        result = report(args, T, order, rounds, args.out, time.monotonic() - start)
+        dealt = deal(args.seed, order, args.rounds, args.kills)
+        rounds = [one_round(n + 1, args, repo, env, logs, workdir / "reference", durations, dealt[n], outs) for n in range(args.rounds)]
+        result = report(args, T, order, durations, rounds, args.out, time.monotonic() - start)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
