@@ -13,6 +13,9 @@ from typing import Annotated, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+# models trained on labels alone (the rest of eval.models are the chain's students): the teacher,
+# the supervised baseline, and the oracle (every label of the training pool, hidden ones included)
+SUPERVISED = ("teacher", "baseline", "oracle")
 Prob = Annotated[float, Field(ge=0.0, le=1.0)]
 INT_MAX = 2**31 - 1  # sizes and counts end up in int32 arrays and tensors; seeds are derived arithmetically
 PosInt = Annotated[int, Field(gt=0, le=INT_MAX)]
@@ -77,7 +80,10 @@ class BaselineParams(_Section):
     """The supervised baseline (stage train_baseline): the teacher's recipe (its noise and
     steps, section `teacher`) on the labeled images alone, in the students' architecture: what
     the students would reach without the unlabeled data, the paper's comparison. Named, not
-    derived from `iterations`: the stage then depends on this one key, not on the chain."""
+    derived from `iterations`: the stage then depends on this one key, not on the chain. The
+    oracle (stage train_oracle) is the same model and recipe trained on every label the training
+    pool has, the hidden labels of the unlabeled images included: the ceiling semi-supervision
+    aims at."""
     arch: str = "ns_resnet_m"  # the paper's comparison: the (last) students' architecture
 
 
@@ -218,7 +224,7 @@ class Params(_Section):
             raise ValueError("at least one iteration is needed")
         seen = {"teacher"}
         for name, it in its.items():
-            if name in ("teacher", "baseline"):
+            if name in SUPERVISED:
                 raise ValueError(f"{name!r} is reserved for a supervised model")
             if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
                 raise ValueError(f"{name!r}: an iteration name becomes a file name: letters, digits, '_' and '-' only")
@@ -261,16 +267,16 @@ class Params(_Section):
 
     @model_validator(mode="after")
     def _eval_covers_chain(self) -> "Params":
-        want = ["teacher", *self.iterations, "baseline"]
+        want = ["teacher", *self.iterations, "baseline", "oracle"]
         if self.eval.models != want:
-            raise ValueError(f"eval.models must list the teacher, every iteration in order and the baseline: {want} "
+            raise ValueError(f"eval.models must list the teacher, every iteration in order, the baseline and the oracle: {want} "
                              f"(got {self.eval.models})")
         return self
 
     def arch_of(self, model: str) -> str:
         if model == "teacher":
             return self.teacher.arch
-        if model == "baseline":
+        if model in ("baseline", "oracle"):
             return self.baseline.arch
         return self.iterations[model].arch
 

@@ -42,17 +42,17 @@ def _save(fig, path: Path, rect: tuple = (0, 0, 1, 1)) -> Path:
     return Path(path)
 
 
-def accuracy_per_iteration(table: pd.DataFrame, path: Path, baseline: tuple[str, float] | None = None) -> Path:
+def accuracy_per_iteration(table: pd.DataFrame, path: Path, references: list[tuple[str, float]] = ()) -> Path:
     """Test top-1 per model in chain order (`model`, `test_acc`; `mce` on a second axis when
-    the column is there); `baseline` = (name, accuracy) drawn as a horizontal line."""
+    the column is there); each of `references` = (name, accuracy) drawn as a horizontal line."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=SIZES["accuracy"])
     x = np.arange(len(table))
     ax.plot(x, 100 * table["test_acc"], marker="o", color="tab:blue", label="test top-1")
     for xi, acc in zip(x, table["test_acc"]):
         ax.annotate(f"{100 * acc:.1f}", (xi, 100 * acc), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
-    if baseline is not None:
-        ax.axhline(100 * baseline[1], color="gray", linestyle="--", label=f"{baseline[0]} {100 * baseline[1]:.1f}")
+    for (name, acc), style in zip(references, ("--", "-.", ":")):
+        ax.axhline(100 * acc, color="gray", linestyle=style, label=f"{name} {100 * acc:.1f}")
     ax.set_xticks(x, table["model"])
     ax.set(ylabel="test top-1 (%)", title="Noisy Student: accuracy per iteration (teacher, then each student)")
     ax.title.set_fontsize(10)
@@ -66,8 +66,9 @@ def accuracy_per_iteration(table: pd.DataFrame, path: Path, baseline: tuple[str,
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
     # below the axes: lines rising and falling across the whole width leave no free corner
-    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(labels), frameon=False)
-    return _save(fig, path, rect=(0, 0.06, 1, 1))
+    ncol = 2 if len(labels) > 3 else len(labels)
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=ncol, frameon=False)
+    return _save(fig, path, rect=(0, 0.03 * -(-len(labels) // ncol) + 0.03, 1, 1))
 
 
 def accuracy_curve(t: pd.DataFrame, path: Path, xlabel: str, title: str, logx: bool = False) -> Path:

@@ -2,11 +2,12 @@
 student are one training loop (train.fit) fed different data. Their differences live here, as
 data, and nowhere else:
 
-| role     | images                        | noise            | arch             | steps          | seed         |
-|----------|-------------------------------|------------------|------------------|----------------|--------------|
-| teacher  | labeled                       | section teacher  | teacher.arch     | teacher.steps  | train.seed   |
-| baseline | labeled                       | section teacher  | baseline.arch    | teacher.steps  | train.seed   |
-| student  | labeled + teacher's labels    | section noise    | iterations.N.arch| student.steps  | seed + i     |
+| role     | images                           | noise           | arch              | steps         | seed       |
+|----------|----------------------------------|-----------------|-------------------|---------------|------------|
+| teacher  | labeled                          | section teacher | teacher.arch      | teacher.steps | train.seed |
+| baseline | labeled                          | section teacher | baseline.arch     | teacher.steps | train.seed |
+| oracle   | labeled + the pool's true labels | section teacher | baseline.arch     | teacher.steps | train.seed |
+| student  | labeled + teacher's labels       | section noise   | iterations.N.arch | student.steps | seed + i   |
 
 The recipe is stored in the checkpoint, so a model says how it was made.
 """
@@ -15,14 +16,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .io import InputError
-from .params import NoiseParams, Params
+from .params import SUPERVISED, NoiseParams, Params
 from .train import FitConfig
 
 
 @dataclass(frozen=True)
 class Recipe:
     name: str
-    role: str  # teacher | baseline | student
+    role: str  # teacher | baseline | oracle | student
     arch: str
     noise: dict  # randaugment_n, randaugment_m, dropout, drop_path
     steps: int
@@ -45,13 +46,13 @@ def _noise(n: NoiseParams) -> dict:
 
 
 def recipe(p: Params, name: str) -> Recipe:
-    """The recipe of model `name`: 'teacher', 'baseline' or an iteration key."""
-    if name in ("teacher", "baseline"):
-        arch = p.teacher.arch if name == "teacher" else p.baseline.arch
-        # the baseline takes the teacher's draws too: the two differ in architecture alone
-        return Recipe(name, name, arch, _noise(p.teacher), p.teacher.steps, p.train.seed)
+    """The recipe of model `name`: 'teacher', 'baseline', 'oracle' or an iteration key."""
+    if name in SUPERVISED:
+        # the baseline and the oracle take the teacher's draws too: the baseline differs from the
+        # teacher in architecture alone, the oracle from the baseline in its labeled images alone
+        return Recipe(name, name, p.arch_of(name), _noise(p.teacher), p.teacher.steps, p.train.seed)
     if name not in p.iterations:
-        raise InputError(f"{name!r} is not a model of this pipeline: teacher, baseline or one of {', '.join(p.iterations)}")
+        raise InputError(f"{name!r} is not a model of this pipeline: teacher, baseline, oracle or one of {', '.join(p.iterations)}")
     it = p.iterations[name]
     position = list(p.iterations).index(name) + 1  # the chain's order is its structure (dvc.yaml's foreach)
     return Recipe(name, "student", it.arch, _noise(p.noise), p.student.steps, p.train.seed + position,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import plots
-from .params import Params
+from .params import SUPERVISED, Params
 from .results import best_student, maybe_json, model_table, read_json
 
 
@@ -19,6 +19,13 @@ def _pct(v) -> str:
 
 def _num(v, fmt: str = ".1f") -> str:
     return "" if v is None or pd.isna(v) else format(v, fmt)
+
+
+def _with_ci(v, ci, scale: float = 1.0) -> str:
+    """A figure and its 95 % interval: `59.4 [52.0, 66.1]`."""
+    if v is None or pd.isna(v):
+        return ""
+    return f"{scale * v:.1f}" + (f" [{scale * ci[0]:.1f}, {scale * ci[1]:.1f}]" if isinstance(ci, (list, tuple)) else "")
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -43,6 +50,8 @@ def _trained_on(p: Params, name: str, teacher: dict[str, str]) -> str:
         return "labeled"
     if name == "baseline":
         return "labeled (supervised baseline: the teacher's recipe)"
+    if name == "oracle":
+        return "every label of the pool (oracle: the baseline's recipe)"
     return f"labeled + {teacher[name]}'s labels"
 
 
@@ -60,7 +69,8 @@ def model_rows(p: Params, table: pd.DataFrame, teacher: dict[str, str]) -> list[
         "model": r.model, "trained on": _trained_on(p, r.model, teacher), "arch": r.arch, "params": f"{r.num_params:,}",
         "val top-1 %": _pct(r.val_acc), "test top-1 %": _pct(r.test_acc), "top-5 %": _pct(r.test_top5), "ECE %": _pct(r.test_ece),
         "ECE scaled %": _pct(r.test_ece_scaled), "T": _num(r.temperature, ".2f"),
-        "mCE": _num(r.mce), "mFR": _num(r.mfr), f"FGSM@{p.eval.robustness.fgsm_epsilon:g} %": _pct(r.fgsm_acc),
+        "mCE [95 % CI]": _with_ci(r.mce, r.mce_ci), "mFR [95 % CI]": _with_ci(r.mfr, r.mfr_ci),
+        f"FGSM@{p.eval.robustness.fgsm_epsilon:g} % [95 % CI]": _with_ci(r.fgsm_acc, r.fgsm_acc_ci, 100),
         "pseudo-label acc (selected) %": _pct(r.pseudo_label_acc),
     } for r in table.itertuples()]
 
@@ -121,13 +131,20 @@ def build(p: Params, metrics: Path, out: Path, title: str) -> Path:
           f"{_pct(summary['best_student_test_acc'])} % test top-1, teacher "
           f"{_pct(summary['teacher_test_acc'])} % ({100 * summary['gain_over_teacher']:+.1f} points), supervised baseline "
           f"({p.arch_of('baseline')}, labeled images only) {_pct(summary['baseline_test_acc'])} % "
-          f"({100 * summary['gain_over_baseline']:+.1f} points).**", ""]
+          f"({100 * summary['gain_over_baseline']:+.1f} points); the oracle (the same architecture and recipe on every "
+          f"label of the pool, the unlabeled images' hidden labels too) {_pct(summary['oracle_test_acc'])} % "
+          f"({100 * summary['gap_to_oracle']:.1f} points above the best student).**", ""]
     if "best_student_mce" in summary:
         eps = f"{p.eval.robustness.fgsm_epsilon:g}/255"
+        def diff(k: str, scale: float = 1.0) -> str:  # the best student minus the baseline, with its interval
+            d, ci = summary.get(f"{k}_vs_baseline"), summary.get(f"{k}_vs_baseline_ci")
+            return "" if d is None else f" ({scale * d:+.1f}" + (f" [95 % CI {scale * ci['lo']:+.1f}, {scale * ci['hi']:+.1f}]" if ci else "") + ")"
+
         md += [f"Robustness, supervised baseline -> best student (the same architecture, the paper's comparison): "
-               f"mCE {_num(summary['baseline_mce'])} -> {_num(summary['best_student_mce'])}, "
-               f"mFR {_num(summary['baseline_mfr'])} -> {_num(summary['best_student_mfr'])}, FGSM accuracy at {eps} "
-               f"{_pct(summary['baseline_fgsm_acc'])} -> {_pct(summary['best_student_fgsm_acc'])} %. Teacher -> best student: "
+               f"mCE {_num(summary['baseline_mce'])} -> {_num(summary['best_student_mce'])}{diff('mce')}, "
+               f"mFR {_num(summary['baseline_mfr'])} -> {_num(summary['best_student_mfr'])}{diff('mfr')}, FGSM accuracy at {eps} "
+               f"{_pct(summary['baseline_fgsm_acc'])} -> {_pct(summary['best_student_fgsm_acc'])} %{diff('fgsm_acc', 100)}; "
+               "intervals from a bootstrap over the test images, both models and the teacher paired on each draw. Teacher -> best student: "
                f"mCE {_num(summary['teacher_mce'])} -> {_num(summary['best_student_mce'])}, "
                f"mFR {_num(summary['teacher_mfr'])} -> {_num(summary['best_student_mfr'])}, FGSM accuracy "
                f"{_pct(summary['teacher_fgsm_acc'])} -> {_pct(summary['best_student_fgsm_acc'])} % "
@@ -145,7 +162,7 @@ def build(p: Params, metrics: Path, out: Path, title: str) -> Path:
                 if f.suffix == ".csv":  # a training history: drawn here, so restyling retrains nothing
                     model = f.parent.name
                     plots.training_curves(pd.read_csv(f), tmp / name, model,
-                                          "labeled set" if model in ("teacher", "baseline") else "pseudo-labeled set")
+                                          "labeled set" if model in SUPERVISED else "pseudo-labeled set")
                 else:
                     shutil.copyfile(f, tmp / name)
                 md += [f"**{cap}**", "", f"![{cap}]({name})", ""]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-SUPERVISED = ("teacher", "baseline")
+from .params import SUPERVISED
 
 
 def read_json(path: Path, stage: str) -> dict:
@@ -22,7 +22,7 @@ def maybe_json(path: Path) -> dict | None:
 
 
 def students(models: list[str]) -> list[str]:
-    """The chain's students, in order, from `eval.models` (teacher, iterations..., baseline)."""
+    """The chain's students, in order, from `eval.models` (teacher, iterations..., baseline, oracle)."""
     return [m for m in models if m not in SUPERVISED]
 
 
@@ -34,13 +34,14 @@ def model_table(models: list[str], eval_dir: Path, rob_dir: Path | None = None, 
         ev = read_json(eval_dir / f"{name}.json", f"evaluate@{name}")
         rob = (maybe_json(rob_dir / f"{name}.json") if rob_dir is not None else None) or {}
         sel = (maybe_json(select_dir / f"{name}.json") if select_dir is not None else None) or {}
-        rows.append({"iteration": None if name == "baseline" else i, "model": name, "arch": ev["arch"], "num_params": ev["num_params"],
+        rows.append({"iteration": None if name in ("baseline", "oracle") else i, "model": name, "arch": ev["arch"], "num_params": ev["num_params"],
                      "val_acc": ev["val_top1"], "test_acc": ev["top1"], "test_top5": ev["top5"], "test_ece": ev["ece"],
                      "test_ece_scaled": ev["ece_scaled"], "temperature": ev["temperature"],
                      "mce": rob.get("mce"), "mfr": rob.get("mfr"), "fgsm_acc": rob.get("fgsm_acc"),
+                     **{f"{k}_ci": (rob.get("intervals") or {}).get(k) for k in ("mce", "mfr", "fgsm_acc")},
                      "pseudo_label_acc": sel.get("pseudo_label_acc_selected"), "test_images": ev["n"],
                      "unlabeled_pool": sel.get("pseudo_labeled"), "pseudo_selected": sel.get("unique")})
-    return pd.DataFrame(rows).astype({"iteration": "Int64"})  # the baseline is no iteration: left empty
+    return pd.DataFrame(rows).astype({"iteration": "Int64"})  # the baseline and the oracle are no iteration: left empty
 
 
 def best_student(table: pd.DataFrame) -> str:

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from .params import CORRUPTIONS, PERTURBATIONS  # the names params.yaml may use
+from .robustness_figures import flip_probability, flips_per_sequence  # noqa: F401 (what score measures with)
 
 NOISE_SEQUENCES = ("gaussian_noise", "shot_noise")  # compared with the first frame, not the previous
 MIN_SIZE = 32  # the corruptions refuse smaller images (corruptions.MIN_SIZE)
@@ -95,44 +96,7 @@ def perturb_sequence(img: np.ndarray, name: str, frames: int, seed: int) -> np.n
     return np.stack(out)
 
 
-# ---- metrics: pure functions ----------------------------------------------------------
-
-
-def corruption_error(errors: np.ndarray, base_errors: np.ndarray) -> float | None:
-    """CE_c = sum_s E(s, c) / sum_s E_base(s, c); None when the baseline makes no error."""
-    b = float(np.sum(base_errors))
-    return None if b == 0 else float(np.sum(errors)) / b
-
-
-def relative_corruption_error(errors: np.ndarray, clean: float, base_errors: np.ndarray, base_clean: float,
-                              num_images: int | None = None) -> float | None:
-    """Relative CE_c = sum_s (E(s, c) - E_clean) / sum_s (E_base(s, c) - E_base_clean).
-
-    None where the denominator is not clearly above zero: a corruption that barely hurts the
-    baseline (small images, mild corruptions) gives a ratio of noise, even of sign (-21 was
-    seen). With `num_images`, "clearly" means above two standard errors of that sum, each
-    severity's error and the clean error taken as independent proportions over the images (a
-    conservative bound: paired errors co-vary)."""
-    e_b = np.asarray(base_errors, dtype=np.float64)
-    b = float(np.sum(e_b - base_clean))
-    if num_images:
-        se = math.sqrt(float(np.sum(e_b * (1 - e_b) + base_clean * (1 - base_clean))) / num_images)
-        if b <= 2 * se:
-            return None
-    return None if b <= 0 else float(np.sum(np.asarray(errors) - clean)) / b
-
-
-def mean_defined(values) -> float | None:
-    v = [x for x in values if x is not None]
-    return float(np.mean(v)) if v else None
-
-
-def flip_probability(preds: np.ndarray, noise: bool) -> float:
-    """preds [N sequences, F frames] of predicted classes: mean over sequences and frames
-    t >= 1 of 1[pred_t != pred_ref], ref = frame 0 for noise sequences, frame t-1 otherwise."""
-    preds = np.asarray(preds)
-    ref = preds[:, :1] if noise else preds[:, :-1]
-    return float((preds[:, 1:] != ref).mean())
+# ---- FGSM --------------------------------------------------------------------------------
 
 
 def fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, normalize) -> torch.Tensor:
@@ -174,21 +138,22 @@ def predict_arrays(model: torch.nn.Module, images: np.ndarray, cfg: dict, batch_
     return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
 
 
-def fgsm_accuracy(model: torch.nn.Module, clean: np.ndarray, labels: np.ndarray, cfg: dict, epsilons, batch_size: int) -> dict[str, float]:
-    """Accuracy under FGSM per epsilon (0-255 scale), keyed by the epsilon as text."""
+def fgsm_correctness(model: torch.nn.Module, clean: np.ndarray, labels: np.ndarray, cfg: dict, epsilons, batch_size: int) -> np.ndarray:
+    """[epsilons, images]: whether each image is still classified right under FGSM at each
+    epsilon (0-255 scale)."""
     from .transforms import pixels_to_model_input
 
     x, normalize = pixels_to_model_input(clean, cfg)
     y = torch.from_numpy(labels)
-    out = {}
+    out = []
     for eps in epsilons:
-        accs = []
+        hits = []
         for i in range(0, len(y), batch_size):
             xa = fgsm(model, x[i : i + batch_size], y[i : i + batch_size], eps / 255.0, normalize)
             with torch.inference_mode():
-                accs.append((model(normalize(xa)).argmax(1) == y[i : i + batch_size]).float())
-        out[f"{eps:g}"] = float(torch.cat(accs).double().mean())
-    return out
+                hits.append(model(normalize(xa)).argmax(1) == y[i : i + batch_size])
+        out.append(torch.cat(hits).numpy() if hits else np.zeros(0, dtype=bool))
+    return np.stack(out) if out else np.zeros((0, len(labels)), dtype=bool)
 
 
 def score(model: torch.nn.Module, cfg: dict, folder, epsilons, batch_size: int) -> dict:
@@ -201,32 +166,23 @@ def score(model: torch.nn.Module, cfg: dict, folder, epsilons, batch_size: int) 
     perturbed = np.load(folder / "perturbed.npy", mmap_mode="r")
     n, shape = len(labels), clean.shape[1:]
     C, S = corrupted.shape[:2]
-    err = (predict_arrays(model, np.asarray(corrupted).reshape(C * S * n, *shape), cfg, batch_size).reshape(C, S, n) != labels).mean(2)
+    wrong = predict_arrays(model, np.asarray(corrupted).reshape(C * S * n, *shape), cfg, batch_size).reshape(C, S, n) != labels
+    err = wrong.mean(2)
     P, F = perturbed.shape[0], perturbed.shape[2]
     pp = predict_arrays(model, np.asarray(perturbed).reshape(P * n * F, *shape), cfg, batch_size).reshape(P, n, F)
+    clean_wrong = predict_arrays(model, clean, cfg, batch_size) != labels
+    fgsm_correct = fgsm_correctness(model, clean, labels, cfg, epsilons, batch_size)
+    # per image, for the intervals (a bootstrap over the images, `intervals`): figures of a
+    # resample are the same functions of these as the figures below are of all the images
+    outcomes = {"clean_wrong": clean_wrong, "wrong": wrong, "fgsm_correct": fgsm_correct,
+                "flips": np.stack([flips_per_sequence(pp[i], name in NOISE_SEQUENCES) for i, name in enumerate(meta["perturbations"])])}
     return {
         "num_images": n,
-        "clean_error": float((predict_arrays(model, clean, cfg, batch_size) != labels).mean()),
+        "clean_error": float(clean_wrong.mean()),
         "corruption_error": {c: {f"{s}": float(err[ci, si]) for si, s in enumerate(meta["severities"])}
                              for ci, c in enumerate(meta["corruptions"])},
         "flip_probability": {name: flip_probability(pp[i], name in NOISE_SEQUENCES) for i, name in enumerate(meta["perturbations"])},
-        "fgsm_accuracy": fgsm_accuracy(model, clean, labels, cfg, epsilons, batch_size),
+        "fgsm_accuracy": {f"{eps:g}": float(fgsm_correct[i].mean()) for i, eps in enumerate(epsilons)},
         "notes": meta["adapted"],
+        "outcomes": outcomes,
     }
-
-
-def relative_to(raw: dict, base: dict) -> dict:
-    """CE, relative CE per corruption and FR per perturbation against a baseline's raw
-    figures (`score` of the baseline model), and their means (x100, None where undefined)."""
-    ce, rce = {}, {}
-    for c, by_sev in raw["corruption_error"].items():
-        e = np.array(list(by_sev.values()))
-        b = np.array([base["corruption_error"][c][s] for s in by_sev])
-        ce[c] = corruption_error(e, b)
-        rce[c] = relative_corruption_error(e, raw["clean_error"], b, base["clean_error"], base["num_images"])
-    fr = {k: (None if base["flip_probability"][k] == 0 else v / base["flip_probability"][k]) for k, v in raw["flip_probability"].items()}
-    pct = lambda v: None if v is None else 100 * v  # noqa: E731
-    return {"mce": pct(mean_defined(ce.values())), "relative_mce": pct(mean_defined(rce.values())),
-            # left out of relative mCE: the baseline's degradation is within two standard errors of 0
-            "relative_mce_left_out": sorted(c for c, v in rce.items() if v is None),
-            "mfr": pct(mean_defined(fr.values())), "ce": ce, "relative_ce": rce, "fr": fr}

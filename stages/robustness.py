@@ -15,14 +15,17 @@ cli = app(__doc__)
 
 
 def run(p: Params, model_name: str, rob_dir: Path, ckpt_path: Path, out: Path, baseline: Path | None = None) -> dict:
-    """Score one model on the corrupt stage's images; write the figures (JSON), the accuracy
-    per corruption and severity and per FGSM epsilon (plot CSVs) and a PNG beside them."""
+    """Score one model on the corrupt stage's images; write the figures (JSON, each with a 95 %
+    interval), the per-image outcomes behind them (<model>_images.npz, which the students' stages
+    and the summary pair their intervals with), the accuracy per corruption and severity and
+    per FGSM epsilon (plot CSVs) and a PNG beside them."""
     import json
 
     import pandas as pd
 
     from noisystudent import plots
     from noisystudent import robustness as R
+    from noisystudent import robustness_figures as F
     from noisystudent.checkpoint import load_model
     from noisystudent.io import atomic_write_csv, atomic_write_json
     from noisystudent.runtime import set_threads
@@ -35,11 +38,23 @@ def run(p: Params, model_name: str, rob_dir: Path, ckpt_path: Path, out: Path, b
     stage = "robustness_teacher" if baseline is None else "robustness_baseline" if model_name == "baseline" else f"robustness@{model_name}"
     with stage_run(p, stage) as tracked:
         raw = R.score(model, ckpt["data_config"], rob_dir, rp.epsilons, p.eval.batch_size)
-        base = raw if baseline is None else json.loads(Path(baseline).read_text())  # None: this model is the baseline
+        outcomes = raw.pop("outcomes")
+        if baseline is None:  # this model is the reference
+            base, base_outcomes = raw, outcomes
+        else:
+            base, base_outcomes = json.loads(Path(baseline).read_text()), F.load_outcomes(F.outcomes_file(Path(baseline)))
+        rel = F.relative_to(raw, base)
+        left_out = [i for i, c in enumerate(raw["corruption_error"]) if c in rel["relative_mce_left_out"]]
+        fgsm_at = [f"{e:g}" for e in rp.epsilons].index(f"{rp.fgsm_epsilon:g}")
         m = {"model": model_name, "baseline": "teacher (the supervised model; CE and FR are relative to it)",
-             "num_images": raw["num_images"], "clean_error": raw["clean_error"], **R.relative_to(raw, base),
+             "num_images": raw["num_images"], "clean_error": raw["clean_error"], **rel,
              "fgsm_epsilon": rp.fgsm_epsilon, "fgsm_acc": raw["fgsm_accuracy"][f"{rp.fgsm_epsilon:g}"],
+             # how far the figures could move with other test images: one image of 200 is 0.5 points
+             "intervals": F.intervals(outcomes, base_outcomes, left_out, fgsm_at),
+             "intervals_method": f"95 % percentile bootstrap over the {raw['num_images']} images (2,000 resamples), "
+                                 "the model's and the teacher's outcomes paired on each resample",
              **{k: raw[k] for k in ("corruption_error", "flip_probability", "fgsm_accuracy", "notes")}}
+        F.save_outcomes(F.outcomes_file(out), outcomes)
         atomic_write_json(out, m)
         rows = pd.DataFrame([{"corruption": c, "severity": int(s), "accuracy": 1 - e}
                              for c, by_sev in raw["corruption_error"].items() for s, e in by_sev.items()])

@@ -1,6 +1,8 @@
-"""Stages train_teacher, train_baseline and train_student@<iteration>: one model trained by its
-recipe (noisystudent/recipe.py). The teacher and the baseline learn from the labeled images
-alone; a student from labeled + selected pseudo-labeled images, with the student noise."""
+"""Stages train_teacher, train_baseline, train_oracle and train_student@<iteration>: one model
+trained by its recipe (noisystudent/recipe.py). The teacher and the baseline learn from the
+labeled images alone, the oracle from every label of the training pool (the unlabeled images'
+hidden labels too); a student from labeled + selected pseudo-labeled images, with the student
+noise."""
 from __future__ import annotations
 
 import time
@@ -16,7 +18,8 @@ cli = app(__doc__)
 
 
 def _datasets(p: Params, data, r, selected: Path | None, tf):
-    """The labeled set (smoothed one-hot targets) and, for a student, the pseudo-labeled one."""
+    """The labeled set (smoothed one-hot targets) and, for a student, the pseudo-labeled one.
+    The oracle's labeled set is the labeled images and every unlabeled one whose label is known."""
     import pandas as pd
 
     from noisystudent.data import ImageDataset, one_hot
@@ -25,6 +28,8 @@ def _datasets(p: Params, data, r, selected: Path | None, tf):
 
     smoothing = p.train.label_smoothing
     lab = data.split("labeled")
+    if r.role == "oracle":
+        lab = pd.concat([lab, data.split("unlabeled_truth")], ignore_index=True).sort_values("id", ignore_index=True)
     labeled = ImageDataset(data.images, lab["id"].to_numpy(), one_hot(lab["label"].to_numpy(), data.num_classes, smoothing), tf)
     if r.supervised:
         return labeled, None
@@ -41,7 +46,7 @@ def _datasets(p: Params, data, r, selected: Path | None, tf):
 
 def run(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Path, selected: Path | None = None,
         history_out: Path | None = None, teacher_ckpt: Path | None = None) -> dict:
-    """Train model `name` ('teacher', 'baseline' or an iteration) and write its checkpoint, its
+    """Train model `name` ('teacher', 'baseline', 'oracle' or an iteration) and write its checkpoint, its
     training metrics and (`history_out`) its curves, one CSV row per log step."""
     import pandas as pd
     import torch
@@ -78,7 +83,8 @@ def run(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Path, sele
     made_of = {"recipe": r.as_dict(), "fit": {k: v for k, v in cfg.__dict__.items() if k != "checkpoint_every"},
                "label_smoothing": t.label_smoothing, "data_config": dcfg, "runtime": rt.describe()}
     # a resume state is used only if made by this code, params and data (else: step 0)
-    inputs = [data.root / "meta.json", data.root / "labeled.parquet", selected, teacher_ckpt if r.init_from_teacher else None]
+    inputs = [data.root / "meta.json", data.root / "labeled.parquet", data.root / "unlabeled_truth.parquet" if r.role == "oracle" else None,
+              selected, teacher_ckpt if r.init_from_teacher else None]
     resume = Resume(resume_path(out), {**made_of, **fingerprint(p, Path(__file__), inputs={
         f.name: file_sha256(f) for f in inputs if f is not None})})
     stage = f"train_{name}" if r.supervised else f"train_student@{name}"
@@ -96,7 +102,8 @@ def run(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Path, sele
         seconds = time.perf_counter() - t0
         if not rt.main:
             return {}
-        result = {"val_acc": accuracy(predictor, data, "val", tf_eval), "num_params": num_params(model), "steps": r.steps}
+        result = {"val_acc": accuracy(predictor, data, "val", tf_eval), "num_params": num_params(model), "steps": r.steps,
+                  "labeled_images": len(labeled)}
         save_model(out, predictor, model, {"arch": r.arch, "num_classes": data.num_classes, "in_chans": data.in_chans,
                                            "name": name, **made_of})
         atomic_write_json(metrics_out, result)  # timings go to MLflow only: identical runs, identical files
@@ -112,7 +119,7 @@ def run(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Path, sele
 
 @cli.command()
 def main(
-    model: Annotated[str, typer.Option(help="teacher, baseline (the supervised baseline) or an iteration key (a student)")],
+    model: Annotated[str, typer.Option(help="teacher, baseline (the supervised baseline), oracle (every label of the pool) or an iteration key (a student)")],
     data: Annotated[Path, typer.Option(help="prepared data folder")],
     out: Annotated[Path, typer.Option(help="checkpoint to write")],
     metrics: Annotated[Path, typer.Option(help="training metrics JSON to write")],

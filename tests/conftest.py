@@ -19,7 +19,7 @@ TINY = {
     "train": {"batch_size": 16, "warmup_steps": 2},
     "select": {"per_class": 20, "threshold": 0.1},
     "iterations": {"s1": {"teacher": "teacher", "arch": "ns_resnet_xs"}, "s2": {"teacher": "s1", "arch": "ns_resnet_xs"}},
-    "eval": {"models": ["teacher", "s1", "s2", "baseline"],
+    "eval": {"models": ["teacher", "s1", "s2", "baseline", "oracle"],
              "robustness": {"num_images": 20, "severities": [1, 3], "frames": 3, "epsilons": [0, 4]}},
     "mlflow": {"enabled": False},
 }

@@ -15,7 +15,7 @@ from conftest import ROOT, tiny_raw
 # the stages of the tiny chain (s1, s2) that `dvc repro` runs: the first iteration's side, and what
 # a change of the student noise re-runs
 FIRST_ITER = {"prepare", "train_teacher", "pseudo_label@s1", "select@s1", "evaluate@teacher", "corrupt", "robustness_teacher",
-              "train_baseline", "evaluate@baseline", "robustness_baseline"}
+              "train_baseline", "evaluate@baseline", "robustness_baseline", "train_oracle", "evaluate@oracle"}
 STUDENT_SIDE = {"train_student@s1", "pseudo_label@s2", "select@s2", "train_student@s2", "evaluate@s1", "evaluate@s2",
                 "robustness@s1", "robustness@s2", "summary", "gallery@s1", "gallery@s2", "report"}
 

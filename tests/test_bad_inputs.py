@@ -26,7 +26,7 @@ CASES = [
     ({"iterations": {"teacher": {"teacher": "teacher", "arch": "ns_resnet_s"}}, "eval.models": ["teacher", "teacher"]}, "'teacher' is reserved"),
     ({"iterations": {"s/1": {"teacher": "teacher", "arch": "ns_resnet_s"}}, "eval.models": ["teacher", "s/1"]}, "an iteration name becomes a file name"),
     ({"iterations.baseline": {"teacher": "s3", "arch": "ns_resnet_m"}}, "'baseline' is reserved"),
-    ({"eval.models": ["teacher", "s1"]}, "eval.models must list the teacher, every iteration in order and the baseline"),
+    ({"eval.models": ["teacher", "s1"]}, "eval.models must list the teacher, every iteration in order, the baseline and the oracle"),
     ({"baseline.arch": "nope"}, "baseline.arch: unknown timm model 'nope'"),
     ({"student.init": "teacher"}, "student.init: teacher needs each student in its teacher's architecture (iterations.s2.arch ns_resnet_m, its teacher's ns_resnet_s)"),
     ({"select.unlabeled_fraction": 0}, "select.unlabeled_fraction: Input should be greater than 0 (got 0)"),
@@ -130,7 +130,7 @@ def test_readme_counts_match_the_docs():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--model", "nope"], "'nope' is not a model of this pipeline: teacher, baseline or one of s1, s2"),
+    (["--model", "nope"], "'nope' is not a model of this pipeline: teacher, baseline, oracle or one of s1, s2"),
     (["--model", "s1"], "student s1 needs --selected (the pseudo-labeled set)"),
 ])
 def test_train_command_refuses_a_wrong_model_in_one_line(tmp_path, args, message):

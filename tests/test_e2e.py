@@ -74,7 +74,9 @@ def test_repro_experiment_queue_and_mlflow(reproduced):
     (files,) = [rev["data"] for rev in shown.values()]  # one revision: the workspace
     assert list(files) == ["metrics/summary.json"], list(files)
     values = [v for f in files.values() for v in _leaves(f["data"]).values()]
-    assert 15 <= len(values) <= 40 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values), values
+    # (45 for this chain: test top-1 and ECE per model, gains, robustness with the intervals of the
+    # best student minus the baseline; breakdowns live in the per-stage files)
+    assert 15 <= len(values) <= 50 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values), values
 
     # nothing changed: nothing runs
     again = dvc("repro", cwd=root, env=env)

@@ -18,7 +18,7 @@ def test_imagefolder_through_dvc_repro(tmp_path):
                                                     "labeled_per_class": None, "val_per_class": 2, "test_per_class": None,
                                                     },
                           speed={"data_workers": 2},
-                          iterations={"s1": {"teacher": "teacher", "arch": "ns_resnet_xs"}}, eval={"models": ["teacher", "s1", "baseline"]})
+                          iterations={"s1": {"teacher": "teacher", "arch": "ns_resnet_xs"}}, eval={"models": ["teacher", "s1", "baseline", "oracle"]})
     make_imagefolder(root / "data/raw/mine", train=8, test=4, unlabeled=40)
     out = dvc("repro", cwd=root, env=env)
     assert ran(out) == FIRST_ITER | {"train_student@s1", "evaluate@s1", "robustness@s1", "gallery@s1", "summary", "report"}, out

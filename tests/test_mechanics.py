@@ -426,7 +426,7 @@ def test_each_student_learns_from_its_own_teacher_in_the_chain():
     from depgraph import dvc_yaml, instances
     from noisystudent.recipe import recipe
 
-    p = _p(iterations=CHAIN, eval__models=["teacher", "s1", "s2", "s3", "baseline"])
+    p = _p(iterations=CHAIN, eval__models=["teacher", "s1", "s2", "s3", "baseline", "oracle"])
     stages, raw = instances(p), dvc_yaml()["stages"]
     for key, it in p.iterations.items():
         assert recipe(p, key).teacher == it.teacher
@@ -454,7 +454,7 @@ def test_recipes_give_each_role_its_noise_weighting_targets_and_start():
 
 
 def test_students_are_equal_or_larger_than_their_teachers():
-    one = {"eval__models": ["teacher", "s1", "baseline"], "teacher__arch": "ns_resnet_s"}
+    one = {"eval__models": ["teacher", "s1", "baseline", "oracle"], "teacher__arch": "ns_resnet_s"}
     with pytest.raises(ValueError, match="smaller than its teacher"):
         _p(**one, iterations={"s1": {"teacher": "teacher", "arch": "ns_resnet_xs"}})
     _p(**one, iterations={"s1": {"teacher": "teacher", "arch": "ns_resnet_xs", "allow_smaller": True}})

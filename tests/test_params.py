@@ -22,7 +22,7 @@ def default_raw() -> dict:
 def test_repository_params_are_valid():
     p = load_params(ROOT / "params.yaml")
     assert list(p.iterations) == ["s1", "s2", "s3"]
-    assert p.eval.models == ["teacher", "s1", "s2", "s3", "baseline"]
+    assert p.eval.models == ["teacher", "s1", "s2", "s3", "baseline", "oracle"]
     assert p.arch_of("s2") == p.iterations["s2"].arch
 
 

@@ -64,11 +64,17 @@ def test_tiny_pipeline_outputs(tiny_runs):
     page = (root / "docs/report/report.md").read_text()
     pngs = sorted(f.name for f in (root / "docs/report").glob("*.png"))
     # accuracy; 2 galleries; 2 x (confidence, classes); curves and confusion for teacher, s1, s2,
-    # baseline; robustness for teacher, s1, s2
-    assert len(pngs) == 1 + 2 + 2 * 2 + 4 + 4 + 3 and all(f"]({f})" in page for f in pngs), pngs
-    assert "## Not drawn" not in page and "| s2 |" in page and "| baseline |" in page
+    # baseline, oracle; robustness for teacher, s1, s2
+    assert len(pngs) == 1 + 2 + 2 * 2 + 5 + 5 + 3 and all(f"]({f})" in page for f in pngs), pngs
+    assert "## Not drawn" not in page and "| s2 |" in page and "| baseline |" in page and "| oracle |" in page
     assert s["gain_over_baseline"] == pytest.approx(s["best_student_test_acc"] - s["baseline_test_acc"])
-    assert load_checkpoint(root / "models/baseline.pt")["arch"] == p.baseline.arch
+    assert s["gap_to_oracle"] == pytest.approx(s["oracle_test_acc"] - s["best_student_test_acc"])
+    for m in ("baseline", "oracle"):
+        assert load_checkpoint(root / f"models/{m}.pt")["arch"] == p.baseline.arch
+    # the oracle learned from every label of the pool; the baseline from the labeled images alone
+    labeled, truth = (len(pd.read_parquet(root / f"data/prepared/{f}.parquet")) for f in ("labeled", "unlabeled_truth"))
+    assert json.loads((root / "metrics/baseline/train.json").read_text())["labeled_images"] == labeled
+    assert json.loads((root / "metrics/oracle/train.json").read_text())["labeled_images"] == labeled + truth > labeled
     assert s["pseudo_label_acc"]["s1"] == sel["pseudo_label_acc_selected"]
 
 

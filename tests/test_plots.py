@@ -28,7 +28,7 @@ def test_accuracy_per_iteration(tmp_path):
     table = pd.DataFrame({"model": ["teacher", "s1", "s2"], "test_acc": [0.8, 0.86, 0.88], "mce": [100.0, 80.0, 72.0]})
     check_png(plots.accuracy_per_iteration(table, tmp_path / "a.png"), plots.pixel_size("accuracy"))
     # without robustness figures, and with a supervised baseline line
-    plots.accuracy_per_iteration(table.drop(columns="mce"), tmp_path / "b.png", baseline=("supervised", 0.82))
+    plots.accuracy_per_iteration(table.drop(columns="mce"), tmp_path / "b.png", references=[("supervised", 0.82), ("oracle", 0.97)])
     check_png(tmp_path / "b.png", plots.pixel_size("accuracy"))
 
 

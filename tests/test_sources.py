@@ -153,13 +153,13 @@ def test_imagefolder_unusable_layout_is_a_clear_error(tmp_path, damage, message)
 
 def test_params_check_source_settings(tmp_path):
     f = tmp_path / "params.yaml"
-    f.write_text("data: {name: imagefolder, root: nowhere}\niterations: {s1: {teacher: teacher, arch: ns_resnet_s}}\neval: {models: [teacher, s1, baseline]}\n")
+    f.write_text("data: {name: imagefolder, root: nowhere}\niterations: {s1: {teacher: teacher, arch: ns_resnet_s}}\neval: {models: [teacher, s1, baseline, oracle]}\n")
     with pytest.raises(ParamsError, match="data.root: folder 'nowhere' not found"):
         load_params(f)
-    f.write_text(f"data: {{name: imagefolder, root: {tmp_path}, download: true}}\niterations: {{s1: {{teacher: teacher, arch: ns_resnet_s}}}}\neval: {{models: [teacher, s1, baseline]}}\n")
+    f.write_text(f"data: {{name: imagefolder, root: {tmp_path}, download: true}}\niterations: {{s1: {{teacher: teacher, arch: ns_resnet_s}}}}\neval: {{models: [teacher, s1, baseline, oracle]}}\n")
     with pytest.raises(ParamsError, match="cannot be downloaded"):
         load_params(f)
-    f.write_text("data: {name: imagenet}\niterations: {s1: {teacher: teacher, arch: ns_resnet_s}}\neval: {models: [teacher, s1, baseline]}\n")
+    f.write_text("data: {name: imagenet}\niterations: {s1: {teacher: teacher, arch: ns_resnet_s}}\neval: {models: [teacher, s1, baseline, oracle]}\n")
     with pytest.raises(ParamsError, match="data.name: Input should be 'digits', 'cifar10', 'svhn', 'stl10' or 'imagefolder'"):
         load_params(f)
 

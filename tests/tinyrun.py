@@ -12,7 +12,7 @@ def run_all(p, root: Path, view=None) -> dict:
     v = view or (lambda stage: p)
     data, m, models = root / "data/prepared", root / "metrics", root / "models"
     prepare.run(v("prepare"), data, m / "prepare.json")
-    for name in ("teacher", "baseline"):
+    for name in ("teacher", "baseline", "oracle"):
         train.run(v(f"train_{name}"), name, data, models / f"{name}.pt", m / f"{name}/train.json", history_out=m / f"{name}/history.csv")
     for name, it in p.iterations.items():
         labels, sel = root / f"data/pseudo/{name}/labels", root / f"data/pseudo/{name}/selected.parquet"
