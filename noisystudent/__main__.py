@@ -62,12 +62,7 @@ def ablate(
     variant x seed, named <variant>-seed<N>; every suite's default variant is the one experiment
     default-seed<N>), run the queue and wait. Experiments that
     already finished under that name are skipped, so a stopped suite resumes."""
-    import subprocess
-    import sys
-    import time
-
     from .ablation import queue_plan
-    from .progress import progress
 
     try:
         runs = queue_plan(suites, seed)
@@ -77,9 +72,20 @@ def ablate(
         for r in runs:
             typer.echo(" ".join(["dvc", "exp", "run", "--queue", "-n", r.name, *r.set_args()]))
         return
+    _run_queue(runs, f"{', '.join(suites)} x seeds {seed}", jobs, start)
+
+
+def _run_queue(runs, what: str, jobs: int, start: bool = True) -> None:
+    """Queue the runs not yet finished under their names, start the queue and wait for it."""
+    import subprocess
+    import sys
+    import time
+
+    from .progress import progress
+
     done = {e["name"] for e in _experiments() if e["status"] == "success"}
     todo = [r for r in runs if r.name not in done]
-    typer.echo(f"{len(runs)} experiments in {', '.join(suites)} x seeds {seed}: {len(runs) - len(todo)} done, {len(todo)} to queue")
+    typer.echo(f"{len(runs)} experiments in {what}: {len(runs) - len(todo)} done, {len(todo)} to queue")
     if todo:
         _prepare_tracking()
     for r in todo:
@@ -127,6 +133,57 @@ def _prepare_tracking() -> None:
     client = MlflowClient(tracking_uri())
     if client.get_experiment_by_name(p.mlflow.experiment) is None:
         client.create_experiment(p.mlflow.experiment, artifact_location=artifact_location())
+
+
+@cli.command("tune")
+def tune(
+    screen_seed: Annotated[list[int], typer.Option(help="seeds every candidate runs on first; repeat the option")] = [0],
+    seed: Annotated[list[int], typer.Option(help="seeds the best candidates then run on; repeat the option")] = [0, 1, 2],
+    keep: Annotated[int, typer.Option(min=1, help="candidates kept after screening (by validation)")] = 3,
+    jobs: Annotated[int, typer.Option(min=1, help="parallel queue workers")] = 1,
+    out: Annotated[Path, typer.Option(help="folder for report.md (replaced whole)")] = Path("reports/tuning"),
+    report_only: Annotated[bool, typer.Option(help="queue nothing: rank what has finished")] = False,
+    show_json: Annotated[Optional[Path], typer.Option(help="read this saved `dvc exp show --json` (implies --report-only)")] = None,
+):
+    """Tune the default recipe on the validation split: every candidate of the `tune` suite
+    (noisystudent/ablation.py) on the screening seeds, then the `keep` best by the best student's
+    mean validation top-1 on all seeds, as DVC experiments (resumable: finished ones are kept);
+    then reports/tuning/report.md ranks them by validation, names the chosen recipe and gives
+    every figure, test ones included, as mean ± std over seeds. Test labels choose nothing."""
+    from .ablation import queue_plan
+    from .io import atomic_dir
+    from .tuning import chosen, collect, goal_met, rank, table
+
+    seeds = list(dict.fromkeys([*screen_seed, *seed]))
+    if not (report_only or show_json):
+        _run_queue(queue_plan(["tune"], screen_seed), f"tune x screening seeds {screen_seed}", jobs)
+        frame, _ = collect(_experiments(), screen_seed)
+        best = list(rank(frame)["candidate"][:keep])
+        runs = [r for r in queue_plan(["tune"], seed) if r.variant in best]
+        _run_queue(runs, f"the {len(best)} best by validation ({', '.join(best)}) x seeds {seed}", jobs)
+    from .ablation import experiments_from_show
+
+    records = experiments_from_show(show_json.read_text()) if show_json else _experiments()
+    frame, problems = collect(records, seeds)
+    pick = chosen(frame, min_seeds=len(seed))
+    md = ["# Tuning the default recipe on validation", "",
+          f"Candidates of the `tune` suite, screened on seeds {list(screen_seed)}, the {keep} best by the best student's mean "
+          f"validation top-1 then run on seeds {list(seed)}. Ranked by validation alone; test figures are shown after "
+          "the choice and chose nothing. Figures are mean ± std over each candidate's seeds (%).", "",
+          table(frame).to_markdown(index=False) if len(frame) else "No finished experiment.", ""]
+    if pick is not None:
+        g = goal_met(frame, pick)
+        md += [f"**Chosen: `{pick}`** (highest mean validation top-1 over {g['seeds']} seeds). Its best student is "
+               f"{100 * g['gap_to_oracle']:.2f} points below the oracle (goal: within 2: "
+               f"{'met' if g['within_gap'] else 'not met'}) and {100 * g['gain_over_baseline']:+.2f} points over the "
+               f"supervised baseline (goal: +3: {'met' if g['gain_reached'] else 'not met'}).", ""]
+    else:
+        md += [f"No candidate has finished on all {len(seed)} seeds yet: nothing is chosen.", ""]
+    if problems:
+        md += ["Not counted:", "", *[f"- {p}" for p in problems], ""]
+    with atomic_dir(out) as tmp:
+        (tmp / "report.md").write_text("\n".join(md).rstrip() + "\n")
+    typer.echo(f"tuning report: {out / 'report.md'}" + (f"; chosen {pick}" if pick else ""))
 
 
 @cli.command("ablation-report")

@@ -56,6 +56,19 @@ SUITES: dict[str, list[Variant]] = {
     ],
     # the supervised baseline runs in every experiment (stage train_baseline); alone it is the default run
     "baseline": [Variant("supervised", {}, "the teacher's recipe on the labeled images alone, in the students' architecture")],
+    # candidate recipes for the default, ranked on validation alone by `tune` (tuning.py); a name
+    # shared with another suite is the same experiment (the same overrides)
+    "tune": [
+        Variant("current", {}, "the recipe before tuning"),
+        Variant("temperature-0.5", {"pseudo.temperature": 0.5}, "sharper soft targets (the teacher is under-confident)"),
+        Variant("hard", {"student.targets": "hard"}, "hard (one-hot, smoothed) pseudo labels"),
+        Variant("threshold-0.5", {"select.threshold": 0.5}, "a stricter filter"),
+        Variant("no-smoothing", {"train.label_smoothing": 0.0}, "no label smoothing"),
+        Variant("strong-noise", {"noise.randaugment_m": 15}, "RandAugment magnitude 15 (the paper's largest models use 27)"),
+        Variant("lr-0.1", {"train.lr": 0.1}, "twice the learning rate"),
+        Variant("student-steps-450", {"student.steps": 450}, "students train 1.5x longer (more time)"),
+        Variant("teacher-steps-800", {"teacher.steps": 800}, "teacher, baseline and oracle train 2x longer (more time)"),
+    ],
 }
 
 

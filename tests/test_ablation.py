@@ -178,3 +178,34 @@ def test_findings_use_per_image_predictions_when_there_are_some():
     frame, _ = collect(recs, "baseline", SEEDS, outcomes)
     (line,) = findings(frame, "baseline")
     assert "**supported**, +10.25 points" in line
+
+
+def test_tuning_chooses_on_validation_alone():
+    """A candidate that is best on test but not on validation is not chosen; the report's
+    figures are means over seeds; screening ranks before all seeds are in."""
+    from noisystudent.ablation import SUITES, experiment_name
+    from noisystudent.tuning import chosen, collect, goal_met, rank, table
+
+    names = [v.name for v in SUITES["tune"]]
+    assert names[0] == "current" and experiment_name(SUITES["tune"][0], 3) == "default-seed3"
+    figs = {"current": (0.95, 0.93), "hard": (0.97, 0.90), "lr-0.1": (0.93, 0.99)}  # (val, test)
+    records = []
+    for v in SUITES["tune"]:
+        for s in (0, 1, 2):
+            if v.name not in figs or (v.name == "lr-0.1" and s > 0):
+                continue
+            val, test = figs[v.name]
+            m = {"best_student_val_acc": val + 0.01 * s, "best_student_test_acc": test, "teacher_test_acc": 0.8,
+                 "baseline_test_acc": 0.86, "oracle_test_acc": 0.99}
+            records.append({"name": experiment_name(v, s), "status": "success",
+                            "metrics": {f"metrics/summary.json:{k}": x for k, x in m.items()}})
+    records.append({"name": experiment_name(SUITES["tune"][3], 0), "status": "failed", "metrics": {}})
+    frame, problems = collect(records, [0, 1, 2])
+    assert list(rank(frame)["candidate"]) == ["hard", "current", "lr-0.1"]
+    assert chosen(frame, min_seeds=3) == "hard"  # the best test (lr-0.1, one seed) chooses nothing
+    assert chosen(frame, min_seeds=1) == "hard"
+    assert any("threshold-0.5-seed0`: failed" in p for p in problems)
+    t = table(frame).set_index("candidate")
+    assert t.loc["hard", "best student val %"] == "98.00 ± 1.00" and t.loc["lr-0.1", "seeds"] == 1
+    g = goal_met(frame, "hard")
+    assert g["gap_to_oracle"] == pytest.approx(0.09) and not g["within_gap"] and g["gain_over_baseline"] == pytest.approx(0.04) and g["gain_reached"]

@@ -1,0 +1,81 @@
+"""Tuning the default recipe on the validation split: candidate recipes (the `tune` suite of
+ablation.py, run as DVC experiments like any suite), ranked by the best student's validation
+top-1 (mean over seeds) and nothing else. Test figures are reported for every candidate, after
+the choice, so a reader can see how much the chosen one owes to luck on validation; they never
+choose. Pure functions over `dvc exp show` records; the command is `tune` in __main__.py."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .ablation import SUITES, experiment_name
+
+# what each finished experiment contributes (summary.json keys), test figures after the choice
+FIGURES = {"val": "best_student_val_acc", "test": "best_student_test_acc", "teacher": "teacher_test_acc",
+           "baseline": "baseline_test_acc", "oracle": "oracle_test_acc"}
+
+
+def collect(records: list[dict], seeds: list[int], suite: str = "tune") -> tuple[pd.DataFrame, list[str]]:
+    """One row per (candidate, seed) that finished, with FIGURES; and what is missing or failed."""
+    by_name = {r["name"]: r for r in records}
+    rows, problems = [], []
+    for v in SUITES[suite]:
+        for s in seeds:
+            name = experiment_name(v, s)
+            rec = by_name.get(name)
+            if rec is None or rec["status"] != "success":
+                problems.append(f"`{name}`: {'not run' if rec is None else rec['status']}")
+                continue
+            m = rec["metrics"]
+            try:
+                rows.append({"candidate": v.name, "seed": s, "experiment": name,
+                             **{k: float(m[f"metrics/summary.json:{key}"]) for k, key in FIGURES.items()}})
+            except KeyError as e:
+                problems.append(f"`{name}`: finished without metric {e}")
+    return pd.DataFrame(rows, columns=["candidate", "seed", "experiment", *FIGURES]), problems
+
+
+def rank(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per candidate: seeds and mean validation top-1 of the best student, highest first (more
+    seeds first on a tie, then the candidates' order: the default wins a tie). Test plays no part."""
+    order = {v.name: i for i, v in enumerate(SUITES["tune"])}
+    g = frame.groupby("candidate")["val"].agg(["count", "mean"]).reset_index()
+    g["order"] = g["candidate"].map(order)
+    return g.sort_values(["mean", "count", "order"], ascending=[False, False, True], ignore_index=True)
+
+
+def chosen(frame: pd.DataFrame, min_seeds: int) -> str | None:
+    """The candidate with the highest mean validation top-1 among those run on `min_seeds` seeds."""
+    r = rank(frame)
+    r = r[r["count"] >= min_seeds]
+    return None if r.empty else str(r["candidate"].iloc[0])
+
+
+def _ms(x: pd.Series) -> str:
+    x = x.dropna()
+    if len(x) == 0:
+        return "n/a"
+    return f"{100 * x.mean():.2f} ± {100 * x.std(ddof=1):.2f}" if len(x) > 1 else f"{100 * x.mean():.2f}"
+
+
+def table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per candidate, ranked by validation: mean ± std over its seeds of every figure (%), the
+    best student's distance to the oracle and its gain over the baseline (points)."""
+    notes = {v.name: v.note for v in SUITES["tune"]}
+    out = []
+    for c in rank(frame)["candidate"]:
+        g = frame[frame["candidate"] == c]
+        out.append({"candidate": c, "seeds": len(g), "best student val %": _ms(g["val"]), "best student test %": _ms(g["test"]),
+                    "teacher %": _ms(g["teacher"]), "baseline %": _ms(g["baseline"]), "oracle %": _ms(g["oracle"]),
+                    "gap to oracle (points)": _ms(g["oracle"] - g["test"]), "gain over baseline (points)": _ms(g["test"] - g["baseline"]),
+                    "what it changes": notes.get(c, "")})
+    return pd.DataFrame(out)
+
+
+def goal_met(frame: pd.DataFrame, candidate: str, gap: float = 0.02, gain: float = 0.03) -> dict:
+    """The issue's goal for the chosen recipe, over its seeds: the best student within `gap` of the
+    oracle and at least `gain` over the baseline (means over seeds; fractions)."""
+    g = frame[frame["candidate"] == candidate]
+    d_oracle, d_base = float(np.mean(g["oracle"] - g["test"])), float(np.mean(g["test"] - g["baseline"]))
+    return {"seeds": len(g), "gap_to_oracle": d_oracle, "gain_over_baseline": d_base,
+            "within_gap": d_oracle <= gap, "gain_reached": d_base >= gain}
