@@ -23,6 +23,53 @@ for _name in STAGES:
     cli.command(_name.replace("_", "-"), help=_mod.__doc__, rich_help_panel="Pipeline stages (dvc repro runs them)")(_mod.main)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"noisystudent {__version__}")
+        raise typer.Exit()
+
+
+@cli.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")] = False):
+    pass
+
+
+@cli.command("predict", rich_help_panel="Using a trained model")
+def predict(
+    paths: Annotated[list[Path], typer.Argument(help="image files and folders (searched recursively; hidden files left out)")],
+    checkpoint: Annotated[Path, typer.Option(help="a model of the pipeline, e.g. models/s3.pt")],
+    out: Annotated[Path, typer.Option(help="predictions CSV to write (bad files go to <out>.bad_files.csv)")] = Path("predictions.csv"),
+    top_k: Annotated[int, typer.Option(min=1, help="most probable classes per image")] = 3,
+    batch_size: Annotated[int, typer.Option(min=1)] = 256,
+    workers: Annotated[int, typer.Option(min=0, help="DataLoader workers decoding files")] = 0,
+):
+    """Predict the classes of image files with a trained model: one CSV row per image (path,
+    then label_1 / prob_1 ... by class name, most probable first). Files are decoded by
+    `prepare`'s rules: a file it would refuse is listed with its reason, and the rest go on."""
+    from .checkpoint import load_model
+    from .cli import fail, user_errors
+    from .io import atomic_write_csv
+    from .predict import image_files, predict_files
+
+    with user_errors():
+        model, ckpt = load_model(checkpoint)
+        files = image_files(paths)
+        if not files:
+            fail(f"no file under {', '.join(map(str, paths))}")
+        preds, bad = predict_files(model, ckpt, files, top_k, batch_size, workers)
+        atomic_write_csv(out, preds)
+        bad_out = out.with_name(f"{out.stem}.bad_files.csv")
+        if len(bad):
+            atomic_write_csv(bad_out, bad)
+            for r in bad.head(5).itertuples():
+                typer.echo(f"skipped {r.path}: {r.reason}", err=True)
+        else:
+            bad_out.unlink(missing_ok=True)  # an earlier run's list would describe other files
+    typer.echo(f"{len(preds)} images predicted -> {out}" + (f"; {len(bad)} bad files skipped -> {bad_out}" if len(bad) else ""))
+
+
 @cli.command("sync-mlflow")
 def sync_mlflow():
     """Send the MLflow records that stages kept in mlflow-pending/ while the tracking store

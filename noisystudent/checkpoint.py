@@ -40,7 +40,7 @@ def cpu_state(model: nn.Module) -> dict:
 def save_model(path: Path, predictor: nn.Module, raw: nn.Module, meta: dict) -> None:
     """`predictor`: the weights that predict (the EMA copy when there is one); the raw
     training weights are kept beside them when they differ. `meta`: arch, num_classes,
-    in_chans, name, data_config, recipe."""
+    in_chans, class_names, name, data_config, recipe."""
     ckpt = {**meta, "state_dict": cpu_state(predictor)}
     if predictor is not raw:
         ckpt["state_dict_raw"] = cpu_state(raw)
@@ -61,6 +61,9 @@ def _check_fields(path: Path, ckpt: dict) -> None:
         raise CheckpointError(f"{path}: num_classes {classes!r} is not an integer from 2 to 1,000,000")
     if chans not in (1, 3):
         raise CheckpointError(f"{path}: in_chans {chans!r} is not 1 or 3")
+    names = ckpt.get("class_names")  # absent from checkpoints made before they carried them
+    if names is not None and (not isinstance(names, list) or len(names) != classes or not all(isinstance(n, str) for n in names)):
+        raise CheckpointError(f"{path}: class_names is not a list of {classes} names")
     if not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f"{path}: no state_dict of weights")
 

@@ -104,8 +104,9 @@ def run(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Path, sele
             return {}
         result = {"val_acc": accuracy(predictor, data, "val", tf_eval), "num_params": num_params(model), "steps": r.steps,
                   "labeled_images": len(labeled)}
+        # self-describing: architecture, classes by name, preprocessing, recipe (predict needs nothing else)
         save_model(out, predictor, model, {"arch": r.arch, "num_classes": data.num_classes, "in_chans": data.in_chans,
-                                           "name": name, **made_of})
+                                           "class_names": list(data.meta["class_names"]), "name": name, **made_of})
         atomic_write_json(metrics_out, result)  # timings go to MLflow only: identical runs, identical files
         if history_out is not None:  # drawn by the report stage: restyling a curve retrains nothing
             atomic_write_csv(history_out, pd.DataFrame(history))

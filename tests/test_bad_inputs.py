@@ -155,6 +155,7 @@ def test_train_command_refuses_a_wrong_model_in_one_line(tmp_path, args, message
     ("arch", "hf-hub:timm/resnet18.a1_in1k", "arch 'hf-hub:timm/resnet18.a1_in1k' is not a registered timm architecture name"),
     ("num_classes", 10**9, "num_classes 1000000000 is not an integer from 2 to 1,000,000"),
     ("in_chans", 7, "in_chans 7 is not 1 or 3"),
+    ("class_names", ["a", "b"], "class_names is not a list of 10 names"),
 ])
 def test_checkpoint_fields_are_checked_before_timm_sees_them(tmp_path, field, value, message):
     import torch

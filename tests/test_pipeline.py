@@ -304,3 +304,45 @@ def test_outputs_honour_the_umask_and_stale_temporaries_are_cleared(tmp_path):
     assert (folder / "s1.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "prepared").stat().st_mode & 0o777 == 0o755
     assert not stale.exists() and live.exists()
+
+
+# ---- using a trained model --------------------------------------------------------------
+
+
+def test_predict_on_files_matches_evaluate_and_reports_junk(tiny_runs, tmp_path):
+    """The test split saved as PNG files in class folders, with junk beside them: `predict`
+    gives evaluate's top-1 on the images, lists each junk file with prepare's reason, goes on."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from noisystudent.__main__ import cli
+    from noisystudent.data import Prepared
+
+    root = tiny_runs["a"]
+    data = Prepared.load(root / "data/prepared")
+    test = data.split("test")
+    folder = tmp_path / "images"
+    for i, label in zip(test["id"], test["label"]):
+        (folder / str(label)).mkdir(parents=True, exist_ok=True)
+        data.images[int(i)].save(folder / str(label) / f"{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "empty.png").write_bytes(b"")
+    whole = (folder / str(test["label"].iloc[0]) / f"{test['id'].iloc[0]}.png").read_bytes()
+    (folder / "cut.png").write_bytes(whole[: len(whole) // 2])
+    Image.new("L", (3, 3)).save(folder / ".hidden.png")  # hidden: not searched
+    out = tmp_path / "pred.csv"
+    r = CliRunner().invoke(cli, ["predict", "--checkpoint", str(root / "models/s2.pt"), "--out", str(out), "--top-k", "2", str(folder)])
+    assert r.exit_code == 0, r.output
+    pred = pd.read_csv(out, dtype={"label_1": str, "label_2": str})
+    assert len(pred) == len(test) and list(pred.columns) == ["path", "label_1", "prob_1", "label_2", "prob_2"]
+    truth = pred["path"].map(lambda s: Path(s).parent.name)
+    top1 = json.loads((root / "metrics/eval/s2.json").read_text())["top1"]
+    assert (pred["label_1"] == truth).mean() == pytest.approx(top1)
+    assert (pred["prob_1"] >= pred["prob_2"]).all() and pred["prob_1"].between(0, 1).all()
+    bad = pd.read_csv(tmp_path / "pred.bad_files.csv").set_index("path")["reason"]
+    assert sorted(Path(p).name for p in bad.index) == ["cut.png", "empty.png", "notes.txt"]
+    assert bad[str(folder / "notes.txt")].startswith("not an image") and bad[str(folder / "empty.png")].startswith("empty file")
+    assert bad[str(folder / "cut.png")].startswith("truncated or corrupt") and "3 bad files skipped" in r.output
+    # a path that does not exist: one line naming it, nothing written
+    r = CliRunner().invoke(cli, ["predict", "--checkpoint", str(root / "models/s2.pt"), "--out", str(tmp_path / "x.csv"), str(tmp_path / "nope")])
+    assert r.exit_code == 1 and "no such file or folder" in r.output and not (tmp_path / "x.csv").exists()
