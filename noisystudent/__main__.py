@@ -70,6 +70,29 @@ def predict(
     typer.echo(f"{len(preds)} images predicted -> {out}" + (f"; {len(bad)} bad files skipped -> {bad_out}" if len(bad) else ""))
 
 
+@cli.command("export", rich_help_panel="Using a trained model")
+def export(
+    checkpoint: Annotated[Path, typer.Option(help="a model of the pipeline, e.g. models/s3.pt")],
+    out: Annotated[Path, typer.Option(help="folder to write (replaced whole)")],
+    format: Annotated[list[str], typer.Option(help="timm (safetensors + config.json) and/or onnx; repeat the option")] = ["timm", "onnx"],
+):
+    """Export a trained model as timm does (model.safetensors + config.json: `timm.create_model(
+    "local-dir:OUT", pretrained=True)` loads it) and as ONNX (model.onnx, dynamic batch); each
+    written file is loaded back and its largest logit difference from PyTorch printed."""
+    from .checkpoint import load_model
+    from .cli import fail, user_errors
+    from .export import export as run_export
+
+    unknown = sorted(set(format) - {"timm", "onnx"})
+    if unknown:
+        fail(f"--format {', '.join(unknown)}: timm or onnx")
+    with user_errors():
+        model, ckpt = load_model(checkpoint)
+        diffs = run_export(model, ckpt, out, format)
+    for f, d in diffs.items():
+        typer.echo(f"{f}: {out} (max |logit difference| from PyTorch, loaded back: {d:.2e})")
+
+
 @cli.command("sync-mlflow")
 def sync_mlflow():
     """Send the MLflow records that stages kept in mlflow-pending/ while the tracking store

@@ -14,7 +14,7 @@ import functools
 import timm
 import torch
 from timm.layers import DropPath
-from timm.models import register_model
+from timm.models import build_model_with_cfg, register_model
 from torch import nn
 
 
@@ -50,7 +50,7 @@ class SmallResNet(nn.Module):
         **_: object,  # timm passes pretrained_cfg and friends
     ):
         super().__init__()
-        self.num_classes = num_classes
+        self.num_classes, self.in_chans = num_classes, in_chans  # read by timm (export, data config)
         self.stem = nn.Sequential(
             nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
         )
@@ -79,28 +79,37 @@ class SmallResNet(nn.Module):
 # timm reads a module's `default_cfgs` when registering: this gives the small ResNets a data
 # config (inputs in [-1, 1], native size, no crop) like any timm model has
 _CFG = {"input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "crop_pct": 1.0,
-        "interpolation": "bilinear", "num_classes": 10}
+        "interpolation": "bilinear", "num_classes": 10,
+        # which layers timm adapts when loading weights into another channel / class count
+        "first_conv": "stem.0", "classifier": "fc"}
 default_cfgs = {f"ns_resnet_{k}": dict(_CFG) for k in ("xs", "s", "m", "l")}
+
+
+def _build(name: str, pretrained: bool, widths: tuple[int, ...], depths: tuple[int, ...], **kw) -> SmallResNet:
+    # timm's builder, as its own models use: the model then carries its pretrained_cfg, so timm can
+    # export it (save_for_hf) and load weights into it (pretrained=True from a local file or a
+    # `local-dir:` export); the construction itself is SmallResNet's, the same draws as a direct call
+    return build_model_with_cfg(SmallResNet, name, pretrained, widths=widths, depths=depths, **kw)
 
 
 @register_model
 def ns_resnet_xs(pretrained: bool = False, **kw) -> SmallResNet:
-    return SmallResNet((8, 16, 32), (1, 1, 1), **kw)
+    return _build("ns_resnet_xs", pretrained, (8, 16, 32), (1, 1, 1), **kw)
 
 
 @register_model
 def ns_resnet_s(pretrained: bool = False, **kw) -> SmallResNet:
-    return SmallResNet((16, 32, 64), (1, 1, 1), **kw)
+    return _build("ns_resnet_s", pretrained, (16, 32, 64), (1, 1, 1), **kw)
 
 
 @register_model
 def ns_resnet_m(pretrained: bool = False, **kw) -> SmallResNet:
-    return SmallResNet((24, 48, 96), (1, 2, 2), **kw)
+    return _build("ns_resnet_m", pretrained, (24, 48, 96), (1, 2, 2), **kw)
 
 
 @register_model
 def ns_resnet_l(pretrained: bool = False, **kw) -> SmallResNet:
-    return SmallResNet((32, 64, 128), (2, 2, 2), **kw)
+    return _build("ns_resnet_l", pretrained, (32, 64, 128), (2, 2, 2), **kw)
 
 
 def check_arch(name: str, key: str) -> None:
