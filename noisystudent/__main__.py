@@ -198,11 +198,9 @@ def _prepare_tracking() -> None:
         return
     from mlflow.tracking import MlflowClient
 
-    from .tracking import artifact_location, tracking_uri
+    from .tracking import experiment_id, tracking_uri
 
-    client = MlflowClient(tracking_uri())
-    if client.get_experiment_by_name(p.mlflow.experiment) is None:
-        client.create_experiment(p.mlflow.experiment, artifact_location=artifact_location())
+    experiment_id(MlflowClient(tracking_uri()), p.mlflow.experiment)
 
 
 @cli.command("tune")

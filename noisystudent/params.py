@@ -201,6 +201,7 @@ class EvalParams(_Section):
 class MlflowParams(_Section):
     enabled: bool = True
     experiment: Annotated[str, Field(min_length=1)] = "noisy-student"
+    register_models: bool = False  # also register each trained model in the registry, as <experiment>-<model>
 
 
 class Params(_Section):

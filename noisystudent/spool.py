@@ -43,13 +43,16 @@ def keep(journal: dict) -> Path:
     d = pending_dir()
     name = f"{time.strftime('%Y%m%d-%H%M%S')}-{journal['stage'].replace('@', '_')}-{uuid.uuid4().hex[:8]}"
     arts = d / f"{name}.artifacts"
+    def copy(path: str) -> str:  # the record keeps its own copy: the pipeline may overwrite the file
+        arts.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, arts / Path(path).name)
+        return str(arts / Path(path).name)
+
     try:
-        kept = []
-        for a in journal["artifacts"]:
-            arts.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(a, arts / Path(a).name)
-            kept.append(str(arts / Path(a).name))
-        text = json.dumps({**journal, "artifacts": kept}, indent=2, default=str) + "\n"
+        kept = [copy(a) for a in journal["artifacts"]]
+        inputs = [{**i, "path": copy(i["path"])} for i in journal.get("inputs") or []]
+        model = journal.get("model") and {**journal["model"], "checkpoint": copy(journal["model"]["checkpoint"])}
+        text = json.dumps({**journal, "artifacts": kept, "inputs": inputs, "model": model}, indent=2, default=str) + "\n"
         atomic_write_text(d / f"{name}.json", text)
     except BaseException:
         shutil.rmtree(arts, ignore_errors=True)
@@ -105,7 +108,7 @@ def _discard(client, run_id: str) -> None:
 def _send(client, j: dict, pending_id: str, created: list[str]) -> None:
     from mlflow.entities import Metric
 
-    from .tracking import _create_child, _log_params
+    from .tracking import _create_child, _log_input, _log_model, _log_params
 
     if j.get("partial_run_id"):
         _discard(client, j["partial_run_id"])  # what the stage's failure left half-logged
@@ -113,7 +116,7 @@ def _send(client, j: dict, pending_id: str, created: list[str]) -> None:
     if exp is not None:  # what an earlier try of this record left (killed, or the store failed)
         for run in client.search_runs([exp.experiment_id], filter_string=f"tags.`{PENDING_TAG}` = '{pending_id}'"):
             _discard(client, run.info.run_id)
-    run_id = _create_child(client, {**j, "tags": {**j.get("tags", {}), PENDING_TAG: pending_id}})
+    parent, run_id = _create_child(client, {**j, "tags": {**j.get("tags", {}), PENDING_TAG: pending_id}})
     created.append(run_id)
     for params in j["params"]:
         _log_params(client, run_id, params)
@@ -122,6 +125,12 @@ def _send(client, j: dict, pending_id: str, created: list[str]) -> None:
         client.log_batch(run_id, metrics=ms[i : i + 1000])
     for a in j["artifacts"]:
         client.log_artifact(run_id, a)
+    if j.get("parent_metrics"):
+        client.log_batch(parent, metrics=[Metric(*r) for r in j["parent_metrics"]])
+    for i in j.get("inputs") or []:
+        _log_input(client, run_id, i["path"], i["name"], i["context"])
+    if j.get("model"):
+        _log_model(run_id, j["model"]["checkpoint"], j["model"]["register_as"])
     client.set_tag(run_id, "ns.sent_later", "true")
     client.set_terminated(run_id, j["status"], end_time=j["end_ms"])
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from contextlib import contextmanager
 import subprocess
 import sys
 import time
@@ -27,6 +28,8 @@ from .spool import keep, pending_dir, sync_pending
 
 PIPELINE_TAG = "ns.pipeline_key"
 PIPELINE_ID_TAG = "ns.pipeline_id"  # sha256 of the key: what lookups filter on
+# MLflow 3 opens an experiment on its model-training view, not the GenAI one, with this tag
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def repo_root() -> Path:
@@ -139,10 +142,11 @@ class StageRun:
         self.client = None
         self.params_source = None  # the plain Params, for log_sections
         self.run_id: str | None = None
+        self.parent_id: str | None = None
         self.failed = False
         self.journal: dict = {"stage": self.stage, "experiment": experiment, "pipeline_params": params,
                               "params": [], "metrics": [], "artifacts": [], "start_ms": int(time.time() * 1000),
-                              "tags": dict(tags or {})}
+                              "tags": dict(tags or {}), "parent_metrics": [], "inputs": [], "model": None}
 
     def _guard(self, what: str, fn, *args, **kwargs):
         if not self.enabled or self.failed:
@@ -164,7 +168,9 @@ class StageRun:
         if self.enabled:
             self.journal["pipeline_key"] = pipeline_key()
             self.journal["parent_name"] = os.environ.get("DVC_EXP_NAME") or time.strftime("repro-%Y%m%d-%H%M%S")
-            self.journal["parent_tags"] = {"git_commit": git_commit(), "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "")}
+            commit = git_commit()  # mlflow.source.git.commit: the UI's Version column
+            self.journal["parent_tags"] = {"git_commit": commit, "mlflow.source.git.commit": commit,
+                                           "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "")}
             _configure_http()
             try:  # sets aside and reports what it cannot send: only the unforeseen reaches here
                 sync_pending(quiet=True)
@@ -179,7 +185,7 @@ class StageRun:
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri())
-        self.run_id = _create_child(self.client, self.journal)
+        self.parent_id, self.run_id = _create_child(self.client, self.journal)
 
     def log_params(self, params: dict) -> None:
         if not self.enabled:
@@ -210,6 +216,37 @@ class StageRun:
 
             self._guard("log_metrics", self.client.log_batch, self.run_id, metrics=[Metric(*r) for r in rows])
 
+    def log_parent_metrics(self, metrics: dict[str, float]) -> None:
+        """Metrics of the whole pipeline run (the summary's), on the parent run: what the MLflow
+        table sorts pipeline runs and DVC experiments by."""
+        if not self.enabled:
+            return
+        ts = int(time.time() * 1000)
+        rows = [[k, float(v), ts, 0] for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None]
+        self.journal["parent_metrics"].extend(rows)
+        if self.parent_id:
+            from mlflow.entities import Metric
+
+            self._guard("log_metrics (parent)", self.client.log_batch, self.parent_id, metrics=[Metric(*r) for r in rows])
+
+    def log_input(self, path: str | Path, name: str, context: str = "training") -> None:
+        """A dataset the stage learned from (a Parquet table), as an MLflow run input."""
+        if not self.enabled:
+            return
+        self.journal["inputs"].append({"path": str(Path(path).resolve()), "name": name, "context": context})
+        if self.run_id:
+            self._guard("log_input", _log_input, self.client, self.run_id, path, name, context)
+
+    def log_model(self, checkpoint: str | Path, register_as: str | None = None) -> None:
+        """The trained model as an MLflow model (PyTorch flavour, with a signature, an input
+        example and this package as its code), `mlflow.pytorch.load_model("runs:/<id>/model")`;
+        registered under `register_as` when given."""
+        if not self.enabled:
+            return
+        self.journal["model"] = {"checkpoint": str(Path(checkpoint).resolve()), "register_as": register_as}
+        if self.run_id:
+            self._guard("log_model", _log_model, self.run_id, checkpoint, register_as)
+
     def log_artifact(self, path: str | Path) -> None:
         if not self.enabled or not Path(path).exists():
             return
@@ -236,9 +273,73 @@ class StageRun:
                       f"unaffected)", file=sys.stderr, flush=True)
 
 
-def _create_child(client, j: dict) -> str:
-    exp = client.get_experiment_by_name(j["experiment"])
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(j["experiment"], artifact_location=artifact_location())
+def experiment_id(client, name: str) -> str:
+    """The experiment's id, created (beside the store, tagged for the model-training view) if new."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return client.create_experiment(name, artifact_location=artifact_location(), tags=EXPERIMENT_KIND)
+    for k, v in EXPERIMENT_KIND.items():
+        if k not in exp.tags:  # made before the tag, or by someone else: set once
+            client.set_experiment_tag(exp.experiment_id, k, v)
+    return exp.experiment_id
+
+
+def _log_input(client, run_id: str, path: str | Path, name: str, context: str) -> None:
+    import mlflow.data
+    import pandas as pd
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    ds = mlflow.data.from_pandas(pd.read_parquet(path), source=str(path), name=name)
+    client.log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)])])
+
+
+def _log_model(run_id: str, checkpoint: str | Path, register_as: str | None) -> None:
+    import mlflow
+    import timm
+    import torch
+    from mlflow.models import infer_signature
+
+    from .checkpoint import load_model
+    from .export import example_input
+
+    model, ckpt = load_model(Path(checkpoint))
+    x = example_input(ckpt, 2)
+    with torch.inference_mode():
+        y = model(x)
+    with _fluent_store():
+        with mlflow.start_run(run_id=run_id):
+            mlflow.pytorch.log_model(
+                model, name="model", signature=infer_signature(x.numpy(), y.numpy()), input_example=x.numpy(),
+                # the package, so the model's classes load anywhere; versions given, not inferred (that
+                # would load the model again in a subprocess, seconds per stage)
+                code_paths=[str(Path(__file__).parent)], registered_model_name=register_as,
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}"])
+
+
+@contextmanager
+def _fluent_store():
+    """MLflow's fluent API (log_model has no client form) on this store, and afterwards the
+    process's tracking settings as they were: set_tracking_uri pins a module global and the
+    environment variable, which would outlive this call in a long-lived process."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    pinned, env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        yield
+    finally:
+        utils._tracking_uri = pinned
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
+
+def _create_child(client, j: dict) -> tuple[str, str]:
+    """(parent run id, the new child run's id)."""
+    exp_id = experiment_id(client, j["experiment"])
     key = j["pipeline_key"]
     # looked up by a digest: an experiment name with quotes can never break the filter string
     lookup = hashlib.sha256(key.encode()).hexdigest()[:32]
@@ -253,4 +354,4 @@ def _create_child(client, j: dict) -> str:
         client.set_terminated(run.info.run_id)  # children may be added to a finished parent
         parent = run.info.run_id
     tags = {"mlflow.parentRunId": parent, "ns.stage": j["stage"], PIPELINE_TAG: key, **j.get("tags", {})}
-    return client.create_run(exp_id, run_name=j["stage"], tags=tags, start_time=j["start_ms"]).info.run_id
+    return parent, client.create_run(exp_id, run_name=j["stage"], tags=tags, start_time=j["start_ms"]).info.run_id

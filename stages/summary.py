@@ -64,7 +64,7 @@ def run(p: Params, eval_dir: Path, out: Path, table_out: Path, png_out: Path, ro
     from noisystudent import plots
     from noisystudent.io import atomic_write_csv, atomic_write_json
     from noisystudent.results import best_student, model_table, read_json
-    from noisystudent.tracking import stage_run
+    from noisystudent.tracking import flatten, stage_run
 
     table = model_table(list(p.eval.models), eval_dir, rob_dir, select_dir)
     best = best_student(table)  # by validation accuracy: test labels choose nothing
@@ -82,7 +82,11 @@ def run(p: Params, eval_dir: Path, out: Path, table_out: Path, png_out: Path, ro
         arch = table.set_index("model").loc["baseline", "arch"]
         plots.accuracy_per_iteration(table[~table["model"].isin(("baseline", "oracle"))], png_out, references=[
             (f"supervised baseline ({arch})", summary["baseline_test_acc"]), (f"oracle: all labels ({arch})", summary["oracle_test_acc"])])
-        tracked.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)})
+        # the names `dvc metrics show` gives (nested keys joined by dots), on the stage's run and on
+        # the pipeline's parent run, so the MLflow table can sort pipeline runs and experiments by them
+        flat = {k: v for k, v in flatten(summary).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        tracked.log_metrics(flat)
+        tracked.log_parent_metrics(flat)
         for f in (out, table_out, png_out):
             tracked.log_artifact(f)
     return {**summary, "best_student": best}

@@ -56,6 +56,7 @@ def run(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Path, sele
     from noisystudent.inference import accuracy
     from noisystudent.io import InputError, atomic_write_csv, atomic_write_json, file_sha256
     from noisystudent.models import create_model, num_params
+    from noisystudent.params import unwrap
     from noisystudent.provenance import fingerprint
     from noisystudent.recipe import fit_config, recipe
     from noisystudent.runtime import runtime, set_threads
@@ -108,6 +109,10 @@ def run(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Path, sele
         save_model(out, predictor, model, {"arch": r.arch, "num_classes": data.num_classes, "in_chans": data.in_chans,
                                            "class_names": list(data.meta["class_names"]), "name": name, **made_of})
         atomic_write_json(metrics_out, result)  # timings go to MLflow only: identical runs, identical files
+        mp = unwrap(p).mlflow  # describes the run, changes no result: no stage depends on it
+        tracked.log_model(out, register_as=f"{mp.experiment}-{name}" if mp.register_models else None)
+        if selected is not None:
+            tracked.log_input(selected, name=f"pseudo-labeled set of {name} (teacher {r.teacher})")
         if history_out is not None:  # drawn by the report stage: restyling a curve retrains nothing
             atomic_write_csv(history_out, pd.DataFrame(history))
             tracked.log_artifact(history_out)

@@ -140,3 +140,78 @@ def test_a_locked_store_is_retried_before_giving_up(monkeypatch, capsys):
 
     calls.clear()
     assert r._guard("log", down) is None and len(calls) == 1 and r.failed  # not a lock: no retry
+
+
+def _tiny_checkpoint(path):
+    import torch
+
+    from noisystudent.checkpoint import save_model
+    from noisystudent.models import create_model
+    from noisystudent.transforms import data_config
+
+    torch.manual_seed(0)
+    m = create_model("ns_resnet_xs", 3, 1).eval()
+    save_model(path, m, m, {"arch": "ns_resnet_xs", "num_classes": 3, "in_chans": 1, "class_names": ["a", "b", "c"],
+                            "name": "s1", "data_config": data_config("ns_resnet_xs", 1, 12, 12)})
+    return path
+
+
+def _selected(path):
+    import pandas as pd
+
+    pd.DataFrame({"id": [3, 5, 8], "label": [0, 2, 1], "confidence": [0.9, 0.8, 0.7]}).to_parquet(path)
+    return path
+
+
+def _check_model_run(client, uri: str, run, ckpt) -> None:
+    """The student's run holds a loadable MLflow model and its pseudo-labeled set as an input."""
+    import torch
+
+    from noisystudent.checkpoint import load_model
+
+    loaded = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    model, _ = load_model(ckpt)
+    x = torch.randn(4, 1, 12, 12, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), model(x))
+    (inp,) = client.get_run(run.info.run_id).inputs.dataset_inputs
+    assert inp.dataset.name == "pseudo-labeled set of s1" and {t.key: t.value for t in inp.tags}["mlflow.data.context"] == "training"
+
+
+def test_models_inputs_and_pipeline_metrics_reach_mlflow(mlflow_uri, monkeypatch, tmp_path):
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-m")
+    ckpt, sel = _tiny_checkpoint(tmp_path / "s1.pt"), _selected(tmp_path / "selected.parquet")
+    with StageRun("train_student@s1", "t", {}, tags={"ns.model": "s1"}) as r:
+        r.log_model(ckpt, register_as="t-s1")
+        r.log_input(sel, "pseudo-labeled set of s1")
+    with StageRun("summary", "t", {}) as s:
+        s.log_parent_metrics({"best_student_test_acc": 0.9, "test_acc.s1": 0.9})
+    client = mlflow.tracking.MlflowClient(mlflow_uri)
+    _check_model_run(client, mlflow_uri, client.get_run(r.run_id), ckpt)
+    parent = client.get_run(r.parent_id)
+    assert s.parent_id == r.parent_id and parent.data.metrics == {"best_student_test_acc": 0.9, "test_acc.s1": 0.9}
+    assert parent.data.tags["mlflow.source.git.commit"] == parent.data.tags["git_commit"]
+    assert client.get_experiment_by_name("t").tags["mlflow.experimentKind"] == "custom_model_development"
+    assert [int(v.version) for v in client.search_model_versions("name='t-s1'")] == [1]
+
+
+def test_a_spooled_model_and_input_are_sent_later(tmp_path, monkeypatch, capsys, empty_store):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-down")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there
+    ckpt, sel = _tiny_checkpoint(tmp_path / "s1.pt"), _selected(tmp_path / "selected.parquet")
+    with StageRun("train_student@s1", "t", {}) as r:
+        r.log_model(ckpt)
+        r.log_input(sel, "pseudo-labeled set of s1")
+        r.log_parent_metrics({"best_student_test_acc": 0.5})
+    ckpt.unlink()  # the pipeline may replace the file: the spool kept a copy
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", db)
+    assert sync_pending() == 1
+    client = mlflow.tracking.MlflowClient(db)
+    runs = mlflow.search_runs(experiment_names=["t"], output_format="list")
+    child = next(x for x in runs if x.info.run_name == "train_student@s1")
+    parent = next(x for x in runs if x.data.tags.get("ns.role") == "pipeline")
+    _check_model_run(client, db, child, _tiny_checkpoint(tmp_path / "again.pt"))  # the same seeded weights
+    assert parent.data.metrics == {"best_student_test_acc": 0.5}
