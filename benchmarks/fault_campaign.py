@@ -433,7 +433,7 @@ def report(args, T: float, order: list[str], durations: dict[str, float], rounds
     findings = [f for r in rounds for f in r.findings]
     result = {
         "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "source": "working tree" if args.worktree else f"HEAD {subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True).stdout.strip()}",
+        "source": args.source,
         "rounds": args.rounds, "kills_per_round": args.kills, "seed": args.seed,
         "reference_seconds": round(T, 1), "campaign_seconds": round(seconds, 1), "stage_order": order,
         "reference_stage_seconds": {s: round(d, 1) for s, d in durations.items()},
@@ -499,6 +499,9 @@ def main() -> int:
     start = time.monotonic()
     try:
         repo = make_repo(workdir, args.worktree)
+        # what was tested, read from the copy when it was made (HEAD may move during the campaign)
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+        args.source = f"the working tree (on {head})" if args.worktree else f"HEAD {head}"
         env = environment(workdir)
         outs = set(lock_outs(repo)) if (repo / "dvc.lock").exists() else set()
         T, order, durations = reference(repo, env, logs, workdir / "reference", outs)
