@@ -11,7 +11,8 @@ from .cli import app
 
 cli = app(__doc__)
 
-# in the pipeline's order; `dvc dag` draws the graph, dvc.yaml holds each stage's arguments
+# in the pipeline's order; `dvc stage list` lists the stages with what each does (dvc.yaml's
+# `desc:`), `dvc dag` draws the graph, dvc.yaml holds each stage's arguments
 # (stages/train.py serves train_teacher, train_baseline and train_student@*; stages/robustness.py
 # serves robustness_teacher and robustness@*)
 STAGES = ["prepare", "train", "pseudo_label", "select", "gallery", "evaluate", "corrupt", "robustness", "summary", "report"]
@@ -129,8 +130,8 @@ def ablate(
     dry_run: Annotated[bool, typer.Option(help="print the `dvc exp run` lines, queue nothing")] = False,
 ):
     """Queue a named ablation suite as DVC experiments (`dvc exp run --queue -S ...`, one per
-    variant x seed, named <variant>-seed<N>; every suite's default variant is the one experiment
-    default-seed<N>), run the queue and wait. Experiments that
+    variant x seed, named `<variant>-seed<N>`; every suite's default variant is the one experiment
+    `default-seed<N>`), run the queue and wait. Experiments that
     already finished under that name are skipped, so a stopped suite resumes."""
     from .ablation import queue_plan
 
@@ -287,15 +288,6 @@ def _committed_outcomes(rec: dict, model: str):
         return None
     t = pd.read_csv(io.StringIO(r.stdout))
     return (t["actual"] == t["predicted"]).to_numpy(dtype=float)
-
-
-@cli.command("stages")
-def stages():
-    """List the pipeline's stages as dvc.yaml declares them, in order (`dvc dag` draws the graph)."""
-    import yaml
-
-    for name in yaml.safe_load(open("dvc.yaml"))["stages"]:
-        typer.echo(name)
 
 
 if __name__ == "__main__":

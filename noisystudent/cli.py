@@ -13,7 +13,8 @@ ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read (
 
 
 def app(help: str) -> typer.Typer:
-    return typer.Typer(help=help, add_completion=False, pretty_exceptions_enable=False)
+    # markdown: the hard-wrapped docstrings reflow into paragraphs, `code` shows as code
+    return typer.Typer(help=help, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="markdown")
 
 
 def read_params(path: Path) -> Params:

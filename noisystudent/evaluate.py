@@ -11,12 +11,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
-def topk_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
-    k = min(k, probs.shape[1])
-    topk = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    return float((topk == labels[:, None]).any(1).mean())
-
-
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
     """ECE with equal-width confidence bins: sum_b |B|/n * |acc(B) - conf(B)|."""
     conf = probs.max(1)
@@ -45,21 +39,19 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-5}).x))
 
 
-def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(cm, (labels, preds), 1)
-    return cm
-
-
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, num_classes: int, ece_bins: int = 15) -> dict:
+    from sklearn.metrics import confusion_matrix, top_k_accuracy_score
+
     probs = softmax(logits.astype(np.float64))
     preds = probs.argmax(1)
-    cm = confusion_matrix(labels, preds, num_classes)
+    classes = np.arange(num_classes)
+    cm = confusion_matrix(labels, preds, labels=classes)
     support = cm.sum(1)
     per_class = np.where(support > 0, np.diag(cm) / np.maximum(support, 1), np.nan)
     return {
         "top1": float((preds == labels).mean()),
-        "top5": topk_accuracy(probs, labels, 5),
+        # top-5 of 5 classes or fewer is every class: 1 (sklearn would warn and say the same)
+        "top5": 1.0 if num_classes <= 5 else float(top_k_accuracy_score(labels, probs, k=5, labels=classes)),
         "ece": expected_calibration_error(probs, labels, ece_bins),
         "nll": float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean()),
         "n": int(len(labels)),

@@ -29,14 +29,10 @@ def _with_ci(v, ci, scale: float = 1.0) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """A Markdown table of dict rows (the first row's keys are the columns); shared with the
-    ablation report."""
+    """A Markdown table of dict rows (pandas + tabulate), cells as text; shared with the ablation report."""
     if not rows:
         return "_nothing measured_\n"
-    cols = list(rows[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    return pd.DataFrame(rows).astype(str).to_markdown(index=False, disable_numparse=True) + "\n"
 
 
 def teachers(p: Params, metrics: Path) -> dict[str, str]:

@@ -77,11 +77,6 @@ class CycleBatchSampler:
                 yield [(i, sample_seed(self.seed, self.stream, first + j)) for j, i in enumerate(batch)][self.rank :: self.world]
 
 
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-example mean of -sum_c t_c log p_c."""
-    return -(targets * F.log_softmax(logits, dim=1)).sum(1).mean()
-
-
 def lr_at(step: int, cfg: FitConfig) -> float:
     """Linear warm-up then cosine decay to zero."""
     if step < cfg.warmup_steps:
@@ -207,10 +202,10 @@ def fit(
                     x_u, y_u = rt.input(x_u), y_u.to(rt.device, non_blocking=True)
                     logits = net(torch.cat([x_l, x_u])).float()
                     logits_l, logits_u = logits[: len(x_l)], logits[len(x_l) :]
-                    loss_u = soft_cross_entropy(logits_u, y_u)
+                    loss_u = F.cross_entropy(logits_u, y_u)
                 else:
                     logits_l, loss_u = net(x_l).float(), torch.zeros((), device=rt.device)
-                loss_l = soft_cross_entropy(logits_l, y_l)
+                loss_l = F.cross_entropy(logits_l, y_l)
                 loss = loss_l + cfg.batch_ratio * loss_u
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()

@@ -1,4 +1,4 @@
-"""Stage evaluate@<model>: top-1/top-5, ECE, per-class accuracy and the confusion matrix on
+"""Stage `evaluate@<model>`: top-1/top-5, ECE, per-class accuracy and the confusion matrix on
 the test split, the model un-noised with its own preprocessing; and its validation top-1 (the
 split the best student is chosen on)."""
 from __future__ import annotations
@@ -22,7 +22,9 @@ def run(p: Params, model_name: str, data_dir: Path, ckpt_path: Path, metrics_out
     from noisystudent import plots
     from noisystudent.checkpoint import load_model
     from noisystudent.data import Prepared
-    from noisystudent.evaluate import classification_metrics, confusion_matrix, expected_calibration_error, fit_temperature, softmax
+    from sklearn.metrics import confusion_matrix
+
+    from noisystudent.evaluate import classification_metrics, expected_calibration_error, fit_temperature, softmax
     from noisystudent.inference import id_loader, inference_runtime, predict_logits
     from noisystudent.io import atomic_write_csv, atomic_write_json
     from noisystudent.models import num_params
@@ -56,7 +58,7 @@ def run(p: Params, model_name: str, data_dir: Path, ckpt_path: Path, metrics_out
         atomic_write_json(metrics_out, m)
         tracked.log_metrics({f"test_{k}": v for k, v in m.items() if isinstance(v, float)})
         tracked.log_artifact(metrics_out)
-        cm = confusion_matrix(preds["actual"].to_numpy(), preds["predicted"].to_numpy(), data.num_classes)
+        cm = confusion_matrix(preds["actual"].to_numpy(), preds["predicted"].to_numpy(), labels=range(data.num_classes))
         tracked.log_artifact(plots.confusion(cm, predictions_out.with_suffix(".png"), model_name))
     return m
 

@@ -1,4 +1,4 @@
-"""Stage gallery@<iteration>: the paper's Figure 1 — unlabeled images where the student and
+"""Stage `gallery@<iteration>`: the paper's Figure 1 — unlabeled images where the student and
 the teacher that labeled for it disagree, the student's corrections first."""
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Stage prepare: load `data.name` (digits, cifar10, svhn, stl10 or an image folder), refuse
-unusable image files (listed in <out>/bad_files.csv), and split into labeled / unlabeled /
+unusable image files (listed in `<out>/bad_files.csv`), and split into labeled / unlabeled /
 val / test."""
 from __future__ import annotations
 

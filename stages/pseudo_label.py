@@ -1,4 +1,4 @@
-"""Stage pseudo_label@<iteration>: the un-noised teacher labels every unlabeled image into
+"""Stage `pseudo_label@<iteration>`: the un-noised teacher labels every unlabeled image into
 resumable Parquet shards. Re-running after an interruption keeps the finished parts."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stages robustness_teacher, robustness_baseline and robustness@<model>: corruption errors (CE,
+"""Stages robustness_teacher, robustness_baseline and `robustness@<model>`: corruption errors (CE,
 mCE, relative mCE), flip rates (FR, mFR) and FGSM accuracy per epsilon of one model, relative
 to the reference (the supervised teacher: run without --baseline, it is its own reference)."""
 from __future__ import annotations
@@ -16,7 +16,7 @@ cli = app(__doc__)
 
 def run(p: Params, model_name: str, rob_dir: Path, ckpt_path: Path, out: Path, baseline: Path | None = None) -> dict:
     """Score one model on the corrupt stage's images; write the figures (JSON, each with a 95 %
-    interval), the per-image outcomes behind them (<model>_images.npz, which the students' stages
+    interval), the per-image outcomes behind them (`<model>_images.npz`, which the students' stages
     and the summary pair their intervals with), the accuracy per corruption and severity and
     per FGSM epsilon (plot CSVs) and a PNG beside them."""
     import json

@@ -1,4 +1,4 @@
-"""Stage select@<iteration>: keep pseudo labels at or above `select.threshold`, balance
+"""Stage `select@<iteration>`: keep pseudo labels at or above `select.threshold`, balance
 classes to `select.per_class` images (the official filter_unlabel.py algorithm)."""
 from __future__ import annotations
 

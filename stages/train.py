@@ -1,4 +1,4 @@
-"""Stages train_teacher, train_baseline, train_oracle and train_student@<iteration>: one model
+"""Stages train_teacher, train_baseline, train_oracle and `train_student@<iteration>`: one model
 trained by its recipe (noisystudent/recipe.py). The teacher and the baseline learn from the
 labeled images alone, the oracle from every label of the training pool (the unlabeled images'
 hidden labels too); a student from labeled + selected pseudo-labeled images, with the student

@@ -1,6 +1,6 @@
 import numpy as np
 
-from noisystudent.evaluate import classification_metrics, confusion_matrix, expected_calibration_error, topk_accuracy
+from noisystudent.evaluate import classification_metrics, expected_calibration_error
 
 
 def test_ece_hand_computed():
@@ -11,13 +11,13 @@ def test_ece_hand_computed():
     assert np.isclose(expected_calibration_error(probs, labels, bins=10), 0.4)
 
 
-def test_topk_and_confusion():
-    probs = np.array([[0.5, 0.3, 0.2], [0.1, 0.2, 0.7], [0.6, 0.3, 0.1]])
-    labels = np.array([1, 2, 2])
-    assert topk_accuracy(probs, labels, 1) == 1 / 3
-    assert topk_accuracy(probs, labels, 2) == 2 / 3
-    cm = confusion_matrix(labels, probs.argmax(1), 3)
-    assert cm.tolist() == [[0, 0, 0], [1, 0, 0], [1, 0, 1]]
+def test_top5_by_hand():
+    """7 classes; the true class ranks 1st, 5th and 6th: top-1 1/3, top-5 2/3 (scikit-learn's)."""
+    p = np.array([0.30, 0.20, 0.15, 0.12, 0.10, 0.08, 0.05])
+    probs = np.stack([p, p, p])
+    m = classification_metrics(np.log(probs), np.array([0, 4, 5]), 7)
+    assert np.isclose(m["top1"], 1 / 3) and np.isclose(m["top5"], 2 / 3)
+    assert classification_metrics(np.log(probs[:, :5] / probs[:, :5].sum(1, keepdims=True)), np.array([0, 4, 1]), 5)["top5"] == 1.0
 
 
 def test_classification_metrics_per_class():

@@ -4,15 +4,14 @@ import torch
 from torch.utils.data import TensorDataset
 
 from noisystudent.inference import predict_logits
-from noisystudent.train import CycleBatchSampler, FitConfig, fit, lr_at, soft_cross_entropy
+from noisystudent.train import CycleBatchSampler, FitConfig, fit, lr_at
 
 
-def test_soft_ce_equals_ce_for_one_hot():
-    logits = torch.randn(6, 4)
-    y = torch.tensor([0, 1, 2, 3, 0, 1])
-    assert torch.allclose(soft_cross_entropy(logits, torch.nn.functional.one_hot(y, 4).float()),
-                          torch.nn.functional.cross_entropy(logits, y), atol=1e-6)
-
+def test_cross_entropy_on_probability_targets_is_the_soft_loss():
+    """The loop's loss (F.cross_entropy given probabilities) is -sum_c t_c log p_c, averaged."""
+    logits, t = torch.randn(6, 4), torch.softmax(torch.randn(6, 4), 1)
+    want = -(t * torch.log_softmax(logits, 1)).sum(1).mean()
+    assert torch.allclose(torch.nn.functional.cross_entropy(logits, t), want, atol=1e-6)
 
 def test_cycle_sampler_covers_every_image_evenly():
     batches = list(CycleBatchSampler(n=10, batch_size=4, steps=5, seed=0, stream=0))
