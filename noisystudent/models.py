@@ -119,11 +119,52 @@ def check_arch(name: str, key: str) -> None:
         raise ValueError(f"{key}: unknown timm model {name!r}{hint}")
 
 
-def create_model(arch: str, num_classes: int, in_chans: int, dropout: float = 0.0, drop_path: float = 0.0) -> nn.Module:
-    # pretrained=False always: nothing is downloaded at run time
-    return timm.create_model(
-        arch, pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_rate=dropout, drop_path_rate=drop_path
-    )
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+def is_weights_file(pretrained: str) -> bool:
+    return "/" in pretrained or pretrained.endswith(WEIGHT_SUFFIXES)
+
+
+def check_pretrained(pretrained: str | None, arch: str, key: str) -> None:
+    """A weights file must be a relative path under models/pretrained/ (what the training stages
+    depend on); anything else must be a pretrained tag timm knows for `arch`."""
+    from pathlib import PurePosixPath
+
+    from .params import PRETRAINED_DIR
+
+    if pretrained is None:
+        return
+    if is_weights_file(pretrained):
+        p = PurePosixPath(pretrained)
+        if p.is_absolute() or ".." in p.parts or not str(p).startswith(PRETRAINED_DIR + "/"):
+            raise ValueError(f"{key}: {pretrained!r}: a weights file must be under {PRETRAINED_DIR}/ (the folder the "
+                             "training stages depend on, so that changing the file re-runs them), as a relative path")
+        return
+    if not timm.list_pretrained(f"{arch}.{pretrained}"):
+        known = [t.split(".", 1)[1] for t in timm.list_pretrained(f"{arch}.*")][:8]
+        raise ValueError(f"{key}: {pretrained!r} is not a pretrained tag timm knows for {arch}"
+                         + (f" (it knows: {', '.join(known)})" if known else f" ({arch} has no pretrained weights in timm)"))
+
+
+def create_model(arch: str, num_classes: int, in_chans: int, dropout: float = 0.0, drop_path: float = 0.0,
+                 pretrained: str | None = None) -> nn.Module:
+    """`pretrained`: None (random initialisation; nothing is downloaded), a weights file, or a
+    timm pretrained tag of `arch` (fetched from the Hugging Face hub: the user asked for it).
+    Pretrained weights keep everything but the classifier when the class count differs (re-
+    initialised) and adapt the first convolution to `in_chans`, as timm does."""
+    kw = dict(num_classes=num_classes, in_chans=in_chans, drop_rate=dropout, drop_path_rate=drop_path)
+    if pretrained is None:
+        return timm.create_model(arch, pretrained=False, **kw)
+    if is_weights_file(pretrained):
+        # timm drops the classifier when the class count differs from the one its config gives
+        # for the weights: a local file's is read from the file itself
+        cfg = timm.models.get_pretrained_cfg(arch)
+        head = f"{cfg.classifier}.weight" if cfg is not None and isinstance(cfg.classifier, str) else None
+        state = timm.models.load_state_dict(pretrained, weights_only=True)
+        overlay = {"file": pretrained, **({"num_classes": int(state[head].shape[0])} if head in state else {})}
+        return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=overlay, **kw)
+    return timm.create_model(f"{arch}.{pretrained}", pretrained=True, **kw)
 
 
 @functools.lru_cache(maxsize=None)

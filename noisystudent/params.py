@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Literal, Optional, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -58,6 +58,9 @@ class StudentParams(_Section):
     batch_ratio: PosInt = 3  # unlabeled batch = ratio x labeled batch; loss = CE_l + ratio CE_u (official code)
     targets: Literal["soft", "hard"] = "soft"
     init: Literal["scratch", "teacher"] = "scratch"  # teacher (an ablation): start from the teacher's weights
+    # iteration -> pretrained weights to start that student from, as teacher.pretrained (the paper's
+    # students start from scratch); here, not under `iterations`, so a chain need not name it
+    pretrained: dict[str, str] = Field(default_factory=dict)
 
 
 class NoiseParams(_Section):
@@ -68,12 +71,21 @@ class NoiseParams(_Section):
     drop_path: Prob = 0.2
 
 
+# where local pretrained weights live: the training stages depend on this folder, so adding or
+# replacing a weights file re-runs what starts from it
+PRETRAINED_DIR = "models/pretrained"
+
+
 class TeacherParams(NoiseParams):
     """The supervised teacher of iteration 0. Its noise is its own (same keys as `noise`), so
     that changing the student's noise leaves the teacher cached."""
     arch: str = "ns_resnet_s"
     steps: PosInt = 400
     dropout: Prob = 0.5
+    # start from pretrained weights (the classifier re-initialised for the data's classes), then
+    # train as usual: a weights file under models/pretrained/, or a timm pretrained tag of
+    # `arch` (e.g. ns_jft_in1k for tf_efficientnet_b0: fetched from the Hugging Face hub)
+    pretrained: Optional[str] = None
 
 
 class BaselineParams(_Section):
@@ -242,6 +254,17 @@ class Params(_Section):
         check_arch(self.baseline.arch, "baseline.arch")
         for name, it in self.iterations.items():
             check_arch(it.arch, f"iterations.{name}.arch")
+        return self
+
+    @model_validator(mode="after")
+    def _pretrained_sources(self) -> "Params":
+        from .models import check_pretrained
+
+        check_pretrained(self.teacher.pretrained, self.teacher.arch, "teacher.pretrained")
+        for name, weights in self.student.pretrained.items():
+            if name not in self.iterations:
+                raise ValueError(f"student.pretrained.{name}: no such iteration (one of {', '.join(self.iterations)})")
+            check_pretrained(weights, self.iterations[name].arch, f"student.pretrained.{name}")
         return self
 
     @model_validator(mode="after")

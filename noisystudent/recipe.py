@@ -32,6 +32,7 @@ class Recipe:
     targets: str | None = None  # soft | hard pseudo labels; None: labeled images only
     teacher: str | None = None  # whose pseudo labels a student learns from
     init_from_teacher: bool = False  # an ablation: start from the teacher's weights (the paper: from scratch)
+    pretrained: str | None = None  # start from these weights (a file under models/pretrained/ or a timm tag)
 
     @property
     def supervised(self) -> bool:
@@ -50,13 +51,15 @@ def recipe(p: Params, name: str) -> Recipe:
     if name in SUPERVISED:
         # the baseline and the oracle take the teacher's draws too: the baseline differs from the
         # teacher in architecture alone, the oracle from the baseline in its labeled images alone
-        return Recipe(name, name, p.arch_of(name), _noise(p.teacher), p.teacher.steps, p.train.seed)
+        return Recipe(name, name, p.arch_of(name), _noise(p.teacher), p.teacher.steps, p.train.seed,
+                      pretrained=p.teacher.pretrained if name == "teacher" else None)
     if name not in p.iterations:
         raise InputError(f"{name!r} is not a model of this pipeline: teacher, baseline, oracle or one of {', '.join(p.iterations)}")
     it = p.iterations[name]
     position = list(p.iterations).index(name) + 1  # the chain's order is its structure (dvc.yaml's foreach)
     return Recipe(name, "student", it.arch, _noise(p.noise), p.student.steps, p.train.seed + position,
-                  p.student.batch_ratio, p.student.targets, it.teacher, p.student.init == "teacher")
+                  p.student.batch_ratio, p.student.targets, it.teacher, p.student.init == "teacher",
+                  p.student.pretrained.get(name))
 
 
 def fit_config(p: Params, r: Recipe, checkpoint_every: int = 0) -> FitConfig:

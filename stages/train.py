@@ -55,7 +55,7 @@ def run(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Path, sele
     from noisystudent.data import Prepared
     from noisystudent.inference import accuracy
     from noisystudent.io import InputError, atomic_write_csv, atomic_write_json, file_sha256
-    from noisystudent.models import create_model, num_params
+    from noisystudent.models import create_model, is_weights_file, num_params
     from noisystudent.params import unwrap
     from noisystudent.provenance import fingerprint
     from noisystudent.recipe import fit_config, recipe
@@ -71,8 +71,13 @@ def run(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Path, sele
     tf_eval = eval_transform(dcfg)
     labeled, pseudo = _datasets(p, data, r, selected, train_transform(dcfg, r.noise["randaugment_n"], r.noise["randaugment_m"]))
 
+    weights = None
+    if r.pretrained and is_weights_file(r.pretrained):
+        weights = Path(r.pretrained)
+        if not weights.is_file():
+            raise InputError(f"{r.pretrained} (pretrained weights of {name}) not found: put the file there, or change the param")
     torch.manual_seed(r.seed)
-    model = create_model(r.arch, data.num_classes, data.in_chans, r.noise["dropout"], r.noise["drop_path"])
+    model = create_model(r.arch, data.num_classes, data.in_chans, r.noise["dropout"], r.noise["drop_path"], r.pretrained)
     if r.init_from_teacher:
         if teacher_ckpt is None:
             raise InputError(f"student.init: teacher needs --teacher (the checkpoint of {r.teacher})")
@@ -85,7 +90,7 @@ def run(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Path, sele
                "label_smoothing": t.label_smoothing, "data_config": dcfg, "runtime": rt.describe()}
     # a resume state is used only if made by this code, params and data (else: step 0)
     inputs = [data.root / "meta.json", data.root / "labeled.parquet", data.root / "unlabeled_truth.parquet" if r.role == "oracle" else None,
-              selected, teacher_ckpt if r.init_from_teacher else None]
+              selected, teacher_ckpt if r.init_from_teacher else None, weights]
     resume = Resume(resume_path(out), {**made_of, **fingerprint(p, Path(__file__), inputs={
         f.name: file_sha256(f) for f in inputs if f is not None})})
     stage = f"train_{name}" if r.supervised else f"train_student@{name}"

@@ -28,6 +28,9 @@ CASES = [
     ({"iterations.baseline": {"teacher": "s3", "arch": "ns_resnet_m"}}, "'baseline' is reserved"),
     ({"eval.models": ["teacher", "s1"]}, "eval.models must list the teacher, every iteration in order, the baseline and the oracle"),
     ({"baseline.arch": "nope"}, "baseline.arch: unknown timm model 'nope'"),
+    ({"teacher.pretrained": "/etc/weights.pt"}, "teacher.pretrained: '/etc/weights.pt': a weights file must be under models/pretrained/"),
+    ({"teacher.pretrained": "in1k"}, "teacher.pretrained: 'in1k' is not a pretrained tag timm knows for ns_resnet_s"),
+    ({"student.pretrained": {"s9": "models/pretrained/w.safetensors"}}, "student.pretrained.s9: no such iteration (one of s1, s2, s3)"),
     ({"student.init": "teacher"}, "student.init: teacher needs each student in its teacher's architecture (iterations.s2.arch ns_resnet_m, its teacher's ns_resnet_s)"),
     ({"select.unlabeled_fraction": 0}, "select.unlabeled_fraction: Input should be greater than 0 (got 0)"),
     ({"eval.gallery.images": 0}, "eval.gallery.images: Input should be greater than or equal to 1 (got 0)"),
@@ -181,3 +184,19 @@ def test_torch_requirement_excludes_the_weights_only_bypass():
     spec = next(Requirement(d) for d in deps if Requirement(d).name == "torch").specifier
     assert "2.5.1" not in spec and "2.14.1" in spec and "2.14.2" in spec, spec
     assert Version(torch.__version__.split("+")[0]) >= Version("2.6")
+
+
+def test_a_missing_pretrained_weights_file_is_one_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from conftest import tiny_raw
+    from noisystudent.params import Params
+    from stages import prepare, train
+
+    monkeypatch.chdir(tmp_path)
+    raw = tiny_raw(teacher__pretrained="models/pretrained/none.safetensors")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    prepare.run(Params.model_validate(raw), tmp_path / "data")
+    r = CliRunner().invoke(train.cli, ["--model", "teacher", "--data", "data", "--out", "t.pt", "--metrics", "t.json"])
+    assert r.exit_code == 1 and "error: models/pretrained/none.safetensors (pretrained weights of teacher) not found" in r.output, r.output
+    assert not (tmp_path / "t.pt").exists() and "Traceback" not in r.output
