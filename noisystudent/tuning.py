@@ -79,3 +79,30 @@ def goal_met(frame: pd.DataFrame, candidate: str, gap: float = 0.02, gain: float
     d_oracle, d_base = float(np.mean(g["oracle"] - g["test"])), float(np.mean(g["test"] - g["baseline"]))
     return {"seeds": len(g), "gap_to_oracle": d_oracle, "gain_over_baseline": d_base,
             "within_gap": d_oracle <= gap, "gain_reached": d_base >= gain}
+
+
+def before_after(frame: pd.DataFrame, min_seeds: int) -> pd.DataFrame:
+    """The recipe before tuning (`current`) and the chosen one, each as mean ± std over its seeds of
+    every model's test top-1 and the best student's distance to the oracle (%, points)."""
+    pick = chosen(frame, min_seeds)
+    pairs = [("before tuning (the current defaults)", "current")]
+    if pick == "current":
+        pairs = [("the current defaults (no candidate beat them on validation)", "current")]
+    elif pick is not None:
+        pairs.append((f"after tuning (`{pick}`, chosen on validation)", pick))
+    rows = []
+    for label, c in pairs:
+        g = frame[frame["candidate"] == c]
+        rows.append({"recipe": label, "seeds": len(g), "teacher %": _ms(g["teacher"]), "supervised baseline %": _ms(g["baseline"]),
+                     "best student %": _ms(g["test"]), "oracle %": _ms(g["oracle"]),
+                     "best student - baseline (points)": _ms(g["test"] - g["baseline"]),
+                     "oracle - best student (points)": _ms(g["oracle"] - g["test"])})
+    return pd.DataFrame(rows)
+
+
+def replace_block(text: str, body: str, begin: str = "<!-- results:begin -->", end: str = "<!-- results:end -->") -> str:
+    """`text` with what lies between the `begin` and `end` marker lines replaced by `body`."""
+    i, j = text.find(begin), text.find(end)
+    if i < 0 or j < i:
+        raise ValueError(f"markers {begin} ... {end} not found in order")
+    return text[: i + len(begin)] + "\n" + body.strip() + "\n" + text[j:]

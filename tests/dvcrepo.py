@@ -48,8 +48,9 @@ def make_repo(dst: Path, **overrides) -> tuple[Path, dict]:
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split()
     for f in files:
-        if f.startswith(("metrics/", "models/", "data/pseudo/")) or f == "dvc.lock" or not (ROOT / f).is_file():
-            continue  # start from a fresh clone's state, without our results
+        ours = f.startswith(("metrics/", "models/", "data/pseudo/")) and not f.startswith("models/pretrained/")
+        if ours or f == "dvc.lock" or not (ROOT / f).is_file():
+            continue  # start from a fresh clone's state, without our results (models/pretrained/ is a dependency)
         (dst / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / f, dst / f)
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())

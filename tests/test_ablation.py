@@ -209,3 +209,28 @@ def test_tuning_chooses_on_validation_alone():
     assert t.loc["hard", "best student val %"] == "98.00 ± 1.00" and t.loc["lr-0.1", "seeds"] == 1
     g = goal_met(frame, "hard")
     assert g["gap_to_oracle"] == pytest.approx(0.09) and not g["within_gap"] and g["gain_over_baseline"] == pytest.approx(0.04) and g["gain_reached"]
+
+
+def test_readme_results_block_is_written_from_the_tuning_runs(tmp_path):
+    """The README's results are means ± std over seeds from the tuning runs table, before and
+    after tuning, written between the markers and nowhere else."""
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from noisystudent.__main__ import cli
+
+    rows = [{"candidate": c, "seed": s, "experiment": f"{c}-{s}", "val": v + 0.01 * s, "test": t + 0.01 * s,
+             "teacher": 0.8, "baseline": 0.85, "oracle": 0.99}
+            for c, v, t in (("current", 0.95, 0.90), ("hard", 0.97, 0.93)) for s in (0, 1, 2)]
+    pd.DataFrame(rows).to_csv(tmp_path / "runs.csv", index=False)
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\nintro\n<!-- results:begin -->\nold typed figures\n<!-- results:end -->\n\nrest\n")
+    r = CliRunner().invoke(cli, ["readme-results", "--runs", str(tmp_path / "runs.csv"), "--readme", str(readme)])
+    assert r.exit_code == 0, r.output
+    text = readme.read_text()
+    assert text.startswith("# x\n\nintro\n<!-- results:begin -->\n") and text.endswith("<!-- results:end -->\n\nrest\n")
+    assert "old typed figures" not in text and "after tuning (`hard`, chosen on validation)" in text
+    assert "91.00 ± 1.00" in text and "94.00 ± 1.00" in text and "99.00 ± 0.00" in text  # current and hard, mean ± std
+    readme.write_text("no markers\n")
+    r = CliRunner().invoke(cli, ["readme-results", "--runs", str(tmp_path / "runs.csv"), "--readme", str(readme)])
+    assert r.exit_code == 1 and "markers" in r.output and readme.read_text() == "no markers\n"

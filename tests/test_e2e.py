@@ -170,6 +170,25 @@ def test_mlflow_model_of_a_student_reproduces_its_test_accuracy(reproduced, monk
     assert inp.dataset.name.startswith("pseudo-labeled set of s2")
 
 
+def test_push_to_a_remote_and_pull_into_a_fresh_clone(reproduced, tmp_path):
+    """The README's sharing recipe: `dvc remote add -d` + `dvc push`, then a fresh clone's `dvc
+    pull` brings every model and picture back, and nothing is left to run."""
+    root, env, _ = reproduced
+    work, remote, clone = tmp_path / "work", tmp_path / "remote", tmp_path / "clone"
+    shutil.copytree(root, work, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"))
+    dvc("remote", "add", "-d", "storage", str(remote), cwd=work, env=env)
+    sh(["git", "add", "-A"], work, env)
+    sh(["git", "commit", "-qm", "results"], work, env)
+    dvc("push", cwd=work, env=env)
+    sh(["git", "clone", "-q", str(work), str(clone)], tmp_path, env)
+    assert not (clone / "models/s2.pt").exists()
+    dvc("pull", cwd=clone, env=env)
+    for f in ("models/teacher.pt", "models/s2.pt", "models/oracle.pt", "metrics/summary.png", "metrics/s2/gallery.png",
+              "metrics/eval/s2_predictions.png", "docs/report/report.md"):
+        assert (clone / f).read_bytes() == (work / f).read_bytes(), f
+    assert "Data and pipelines are up to date" in dvc("status", cwd=clone, env=env)
+
+
 def test_bad_param_fails_stage_and_writes_nothing(reproduced, tmp_path):
     root, env, _ = reproduced
     bad = tmp_path / "bad"
