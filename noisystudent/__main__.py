@@ -147,35 +147,42 @@ def ablate(
 
 
 def _run_queue(runs, what: str, jobs: int, start: bool = True) -> None:
-    """Queue the runs not yet finished under their names, start the queue and wait for it."""
+    """Queue the runs not yet finished or queued under their names, start the queue and wait for
+    every unfinished one (a command stopped and run again takes up what it had queued)."""
     import subprocess
     import sys
     import time
 
     from .progress import progress
 
-    done = {e["name"] for e in _experiments() if e["status"] == "success"}
-    todo = [r for r in runs if r.name not in done]
-    typer.echo(f"{len(runs)} experiments in {what}: {len(runs) - len(todo)} done, {len(todo)} to queue")
+    status = {e["name"]: e["status"] for e in _experiments()}
+    waiting = [r for r in runs if status.get(r.name) != "success"]
+    todo = [r for r in waiting if status.get(r.name) not in ("queued", "running")]
+    typer.echo(f"{len(runs)} experiments in {what}: {len(runs) - len(waiting)} done, {len(waiting) - len(todo)} queued "
+               f"or running, {len(todo)} to queue")
     if todo:
         _prepare_tracking()
     for r in todo:
         _dvc("exp", "run", "--queue", "-n", r.name, *r.set_args())
-    if not start or not todo:
+    if not start or not waiting:
         return
     t0 = time.time()
     if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
         # workers inherit this: each takes its share of the cores instead of all of them
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
-    # `dvc queue start` may stay in the foreground until the queue is empty: poll beside it
+    # `dvc queue start` may stay in the foreground until the queue is empty: poll beside it; workers
+    # left running by an earlier call take up what is queued, so none are started beside them
+    import re
+
+    active = re.search(r"Worker status: (\d+) active", _dvc("queue", "status"))
     starter = subprocess.Popen([sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    names = {r.name for r in todo}
-    with progress("ablate", total=len(todo), unit="exp") as bar:
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) if not (active and int(active.group(1))) else None
+    names = {r.name for r in waiting}
+    with progress("ablate", total=len(waiting), unit="exp") as bar:
         finished: dict[str, str] = {}
         while len(finished) < len(names):
             time.sleep(20)
-            if starter.poll() not in (None, 0):
+            if starter is not None and starter.poll() not in (None, 0):
                 raise typer.BadParameter(f"dvc queue start failed ({starter.returncode}): {starter.stderr.read()[-2000:]}")
             # `dvc queue status` is cheap (no experiment collection) and sees every baseline commit
             for line in _dvc("queue", "status").splitlines():
@@ -183,9 +190,10 @@ def _run_queue(runs, what: str, jobs: int, start: bool = True) -> None:
                 if len(cols) >= 4 and cols[1] in names and cols[-1] in ("Success", "Failed") and cols[1] not in finished:
                     finished[cols[1]] = cols[-1].lower()
                     bar.advance()
-    starter.wait()
+    if starter is not None:
+        starter.wait()
     failed = sorted(n for n, s in finished.items() if s == "failed")
-    typer.echo(f"{len(todo)} experiments in {time.time() - t0:.0f} s; failed: {', '.join(failed) or 'none'}"
+    typer.echo(f"{len(waiting)} experiments in {time.time() - t0:.0f} s; failed: {', '.join(failed) or 'none'}"
                + ("  (`dvc queue logs <name>` shows why)" if failed else ""))
 
 
@@ -216,7 +224,7 @@ def tune(
 ):
     """Tune the default recipe on the validation split: every candidate of the `tune` suite
     (noisystudent/ablation.py) on the screening seeds, then the `keep` best by the best student's
-    mean validation top-1 on all seeds, as DVC experiments (resumable: finished ones are kept);
+    mean validation top-1, and the current recipe, on all seeds, as DVC experiments (resumable: finished ones are kept);
     then reports/tuning/report.md ranks them by validation, names the chosen recipe and gives
     every figure, test ones included, as mean ± std over seeds. Test labels choose nothing."""
     from .ablation import queue_plan
@@ -227,9 +235,10 @@ def tune(
     if not (report_only or show_json):
         _run_queue(queue_plan(["tune"], screen_seed), f"tune x screening seeds {screen_seed}", jobs)
         frame, _ = collect(_experiments(), screen_seed)
-        best = list(rank(frame)["candidate"][:keep])
+        # the best by validation, and the current recipe: the "before" of before-and-after
+        best = list(dict.fromkeys([*rank(frame)["candidate"][:keep], "current"]))
         runs = [r for r in queue_plan(["tune"], seed) if r.variant in best]
-        _run_queue(runs, f"the {len(best)} best by validation ({', '.join(best)}) x seeds {seed}", jobs)
+        _run_queue(runs, f"{', '.join(best)} (the {keep} best by validation, and the current recipe) x seeds {seed}", jobs)
     from .ablation import experiments_from_show
 
     records = experiments_from_show(show_json.read_text()) if show_json else _experiments()
