@@ -109,7 +109,8 @@ def stage_run(p, stage: str, enabled: bool = True) -> "StageRun":
     from .params import unwrap
 
     p = unwrap(p)
-    model = {"train_teacher": "teacher", "robustness_teacher": "teacher", "train_baseline": "baseline"}.get(stage, stage.partition("@")[2])
+    model = {"train_teacher": "teacher", "robustness_teacher": "teacher", "train_baseline": "baseline",
+             "robustness_baseline": "baseline", "train_oracle": "oracle"}.get(stage, stage.partition("@")[2])
     run = StageRun(stage, p.mlflow.experiment, p.model_dump(), enabled=p.mlflow.enabled and enabled,
                    tags={"ns.model": model} if model else None)
     run.params_source = p
@@ -314,6 +315,9 @@ def _log_model(run_id: str, checkpoint: str | Path, register_as: str | None) -> 
                 # the package, so the model's classes load anywhere; versions given, not inferred (that
                 # would load the model again in a subprocess, seconds per stage)
                 code_paths=[str(Path(__file__).parent)], registered_model_name=register_as,
+                # the module itself (pickled, its classes from code_paths): load_model returns the
+                # nn.Module users know (eval(), .train(), hooks), not an exported graph
+                serialization_format="pickle",
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}"])
 
 

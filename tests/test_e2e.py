@@ -102,7 +102,7 @@ def test_repro_experiment_queue_and_mlflow(reproduced):
     assert wanted <= set(plots), sorted(wanted - set(plots))
     assert set(plots["metrics/summary.csv"][0]["revisions"]) == {"workspace", "HEAD"}
     assert {r for entry in plots["metrics/s2/gallery.png"] for r in entry["revisions"]} == {"workspace", "HEAD"}
-    assert (root / "docs/report/report.md").read_text().count("](") == 18  # tiny: 1 + 2 + 2 x 2 + 4 + 4 + 3 figures
+    assert (root / "docs/report/report.md").read_text().count("](") == 20  # tiny: 1 + 2 + 2 x 2 + 5 + 5 + 3 figures
 
     # the README's sweep: one -S with two values queues two experiments
     dvc("exp", "run", "--queue", "-S", "select.per_class=15,25", cwd=root, env=env)
@@ -268,5 +268,17 @@ def test_mlflow_ui_shows_pipeline_runs(chromium, mlflow_ui, tmp_path):
             expect(page.get_by_role("link", name="test_top1", exact=True),
                    "accuracy metric test_top1 missing from the comparison").to_be_visible()
             screenshot(page, tmp_path, "mlflow_compare.png")
+
+            # the parent run carries the pipeline's headline metrics (what the runs table sorts by)
+            page.goto(f"{url}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}")
+            expect(page.get_by_text("best_student_test_acc", exact=True).first,
+                   "the parent run shows no best_student_test_acc metric").to_be_visible(timeout=FIRST_LOAD_MS)
+            # a student's training run links the MLflow model logged in it
+            student = next(r for r in shown if r.info.run_name.startswith("train_student@"))
+            (logged,) = client.search_logged_models([exp.experiment_id], filter_string=f"source_run_id = '{student.info.run_id}'")
+            page.goto(f"{url}/#/experiments/{exp.experiment_id}/runs/{student.info.run_id}")
+            expect(page.locator(f'a[href*="{logged.model_id}"]').first,
+                   f"run {student.info.run_name} does not link its logged model").to_be_visible(timeout=FIRST_LOAD_MS)
+            screenshot(page, tmp_path, "mlflow_student_run.png")
         finally:
             browser.close()

@@ -35,3 +35,21 @@ def test_imagefolder_through_dvc_repro(tmp_path):
     (root / "data/raw/mine/unlabeled/batch0/sub0/img0000.jpg").rename(root / "data/raw/mine/unlabeled/moved.jpg")
     status = dvc("status", "prepare", cwd=root, env=env)
     assert "changed deps" in status and "data/raw/mine" in status, status
+
+    # a pretrained teacher from a local file (here the teacher just trained, exported as timm
+    # writes it) with from-scratch students, through `dvc exp run`: how users apply the method
+    import shutil
+
+    from noisystudent.checkpoint import load_checkpoint, load_model
+    from noisystudent.export import save_timm
+
+    model, ckpt = load_model(root / "models/teacher.pt")
+    save_timm(model, ckpt, tmp_path / "export")
+    shutil.copy(tmp_path / "export/model.safetensors", root / "models/pretrained/teacher.safetensors")
+    out = dvc("exp", "run", "-S", "teacher.pretrained=models/pretrained/teacher.safetensors", cwd=root, env=env)
+    assert {"prepare", "train_teacher", "train_student@s1", "summary"} <= ran(out), ran(out)
+    assert load_checkpoint(root / "models/teacher.pt")["recipe"]["pretrained"] == "models/pretrained/teacher.safetensors"
+    pre = json.loads((root / "metrics/summary.json").read_text())
+    print(f"pretrained teacher on the image folder: teacher {pre['teacher_test_acc']:.3f}, best student "
+          f"{pre['best_student_test_acc']:.3f}, baseline {pre['baseline_test_acc']:.3f} (from scratch: teacher "
+          f"{summary['teacher_test_acc']:.3f}, best student {summary['best_student_test_acc']:.3f})")

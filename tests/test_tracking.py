@@ -171,6 +171,7 @@ def _check_model_run(client, uri: str, run, ckpt) -> None:
 
     loaded = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
     model, _ = load_model(ckpt)
+    assert type(loaded).__name__ == type(model).__name__ and not loaded.eval().training  # the module, usable as one
     x = torch.randn(4, 1, 12, 12, generator=torch.Generator().manual_seed(3))
     with torch.inference_mode():
         assert torch.equal(loaded(x), model(x))
