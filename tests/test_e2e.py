@@ -63,6 +63,38 @@ def test_dvc_status_lists_exactly_what_a_change_touches(reproduced, tmp_path):
     assert outdated() == set()
 
 
+def test_mlflow_model_of_a_student_reproduces_its_test_accuracy(reproduced, monkeypatch):
+    """The student's training run holds an MLflow model that `mlflow.pytorch.load_model` loads
+    and that scores evaluate's test top-1; the pipeline's parent run carries the summary. Before
+    the experiment test below, which replaces the workspace's results with an experiment's."""
+    import mlflow
+
+    from noisystudent.checkpoint import load_checkpoint
+    from noisystudent.data import Prepared
+    from noisystudent.inference import accuracy
+    from noisystudent.transforms import eval_transform
+
+    root, env, _ = reproduced
+    db = f"sqlite:///{root / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", db)
+    client = mlflow.tracking.MlflowClient(db)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    (run,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'train_student@s2'", max_results=1,
+                                order_by=["attributes.start_time ASC"])  # the first: `dvc repro`'s own
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    cfg = load_checkpoint(root / "models/s2.pt")["data_config"]
+    top1 = accuracy(model, Prepared.load(root / "data/prepared"), "test", eval_transform(cfg))
+    assert top1 == json.loads((root / "metrics/eval/s2.json").read_text())["top1"]
+    parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+    summary = json.loads((root / "metrics/summary.json").read_text())
+    assert parent.data.metrics["best_student_test_acc"] == summary["best_student_test_acc"]
+    assert parent.data.metrics["test_acc.s2"] == summary["test_acc"]["s2"]  # DVC's flattened names
+    assert parent.data.tags["mlflow.source.git.commit"]
+    (inp,) = run.inputs.dataset_inputs
+    assert inp.dataset.name.startswith("pseudo-labeled set of s2")
+
+
 def test_repro_experiment_queue_and_mlflow(reproduced):
     root, env, out = reproduced
     assert ran(out) == FIRST_ITER | STUDENT_SIDE
@@ -137,37 +169,6 @@ def test_repro_experiment_queue_and_mlflow(reproduced):
     queued = [p for p, r in parents.items() if r[3] == "queued-exp"]
     assert len(queued) == 1 and by_parent[queued[0]] == {"gallery@s1", "gallery@s2", "report"}, by_parent[queued[0]]
     assert not (root / "mlruns").exists()
-
-
-def test_mlflow_model_of_a_student_reproduces_its_test_accuracy(reproduced, monkeypatch):
-    """The student's training run holds an MLflow model that `mlflow.pytorch.load_model` loads
-    and that scores evaluate's test top-1; the pipeline's parent run carries the summary."""
-    import mlflow
-
-    from noisystudent.checkpoint import load_checkpoint
-    from noisystudent.data import Prepared
-    from noisystudent.inference import accuracy
-    from noisystudent.transforms import eval_transform
-
-    root, env, _ = reproduced
-    db = f"sqlite:///{root / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", db)
-    client = mlflow.tracking.MlflowClient(db)
-    exp = client.get_experiment_by_name(EXPERIMENT)
-    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
-    (run,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'train_student@s2'", max_results=1,
-                                order_by=["attributes.start_time ASC"])  # the first: `dvc repro`'s own
-    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
-    cfg = load_checkpoint(root / "models/s2.pt")["data_config"]
-    top1 = accuracy(model, Prepared.load(root / "data/prepared"), "test", eval_transform(cfg))
-    assert top1 == json.loads((root / "metrics/eval/s2.json").read_text())["top1"]
-    parent = client.get_run(run.data.tags["mlflow.parentRunId"])
-    summary = json.loads((root / "metrics/summary.json").read_text())
-    assert parent.data.metrics["best_student_test_acc"] == summary["best_student_test_acc"]
-    assert parent.data.metrics["test_acc.s2"] == summary["test_acc"]["s2"]  # DVC's flattened names
-    assert parent.data.tags["mlflow.source.git.commit"]
-    (inp,) = run.inputs.dataset_inputs
-    assert inp.dataset.name.startswith("pseudo-labeled set of s2")
 
 
 def test_push_to_a_remote_and_pull_into_a_fresh_clone(reproduced, tmp_path):
