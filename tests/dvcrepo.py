@@ -20,7 +20,7 @@ STUDENT_SIDE = {"train_student@s1", "pseudo_label@s2", "select@s2", "train_stude
                 "robustness@s1", "robustness@s2", "summary", "gallery@s1", "gallery@s2", "report"}
 
 
-def sh(args, cwd, env, check=True, timeout=600):
+def sh(args, cwd, env, check=True, timeout=1800):  # a guard against a hang, not a speed target: a busy machine is slow
     r = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and r.returncode != 0:
         raise AssertionError(f"{args} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")

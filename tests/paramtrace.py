@@ -83,6 +83,13 @@ class RecordedMap(_Node):
     def keys(self):
         return self._obj.keys()
 
+    def get(self, k, default=None):
+        if k in self._obj:
+            return self[k]
+        # a missing key's answer depends on what the map holds: its keys, or its being empty
+        self._log.update({self._key(x) for x in self._obj} or {self._path})
+        return default
+
     def values(self):
         return [self[k] for k in self._obj]
 
