@@ -11,6 +11,7 @@ Both are written into a temporary folder and renamed into place whole (io.atomic
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,7 @@ def timm_max_abs_diff(model: torch.nn.Module, ckpt: dict, folder: Path, n: int =
 def export(model: torch.nn.Module, ckpt: dict, out: Path, formats: list[str]) -> dict[str, float]:
     """Write the `formats` ('timm', 'onnx') of the model into the folder `out`, replaced whole;
     returns each format's max |logit difference| from PyTorch, measured on the written files."""
-    from .io import atomic_dir
+    from .io import _mode, atomic_dir
 
     diffs = {}
     with atomic_dir(out) as tmp:
@@ -78,4 +79,6 @@ def export(model: torch.nn.Module, ckpt: dict, out: Path, formats: list[str]) ->
         if "onnx" in formats:
             save_onnx(model, ckpt, tmp / "model.onnx")
             diffs["onnx"] = onnx_max_abs_diff(model, ckpt, tmp / "model.onnx")
+        for f in tmp.iterdir():  # safetensors writes 0600: others may need to read an export
+            os.chmod(f, _mode(0o666))
     return diffs

@@ -33,6 +33,11 @@ def test_timm_and_onnx_exports_agree_with_pytorch(checkpoint, tmp_path):
     r = CliRunner().invoke(cli, ["export", "--checkpoint", str(checkpoint), "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert sorted(f.name for f in out.iterdir()) == ["config.json", "model.onnx", "model.safetensors"]
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {f.stat().st_mode & 0o777 for f in out.iterdir()} == {0o666 & ~umask}  # readable as the umask allows
     model, _ = load_model(checkpoint)
     x = torch.randn(5, 1, 12, 12, generator=torch.Generator().manual_seed(7))  # another batch size than the export's
     with torch.inference_mode():
