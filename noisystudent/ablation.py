@@ -116,6 +116,16 @@ def expand(suite: str, seeds: list[int]) -> list[Run]:
             for v in SUITES[suite] for s in seeds]
 
 
+def suite_records(records: list[dict], suite: str, seeds: list[int]):
+    """(variant, seed, experiment name, its record or None) for every variant x seed of `suite`,
+    in suite order: the lookup every report over a suite starts from."""
+    by_name = {r["name"]: r for r in records}
+    for v in SUITES[suite]:
+        for s in seeds:
+            name = experiment_name(v, s)
+            yield v, s, name, by_name.get(name)
+
+
 def queue_plan(suites: list[str], seeds: list[int]) -> list[Run]:
     """The experiments to queue for these suites: one per name, in suite order."""
     seen: dict[str, Run] = {}

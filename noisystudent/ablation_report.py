@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from . import plots
-from .ablation import SUITES, experiment_name
+from .ablation import SUITES, suite_records
 from .report import markdown_table
 from .stats import Effect, paired_bootstrap, seed_interval
 
@@ -55,27 +55,23 @@ def collect(records: list[dict], suite: str, seeds: list[int], outcomes: Outcome
     """One row per (variant, seed) that finished, and the problems: experiments missing,
     failed, still queued or running, or finished without the metrics the report needs. With
     `outcomes`, each row also holds every model's per-test-image outcomes (column `outcomes`)."""
-    by_name = {r["name"]: r for r in records}
     rows, problems = [], []
-    for v in SUITES[suite]:
-        for s in seeds:
-            name = experiment_name(v, s)
-            rec = by_name.get(name)
-            if rec is None:
-                problems.append(f"`{name}` ({v.name}, seed {s}): no such experiment (not queued, or removed)")
-                continue
-            if rec["status"] != "success":
-                why = f": {rec['error']}" if rec.get("error") else ""
-                problems.append(f"`{name}` ({v.name}, seed {s}): {rec['status']}{why}")
-                continue
-            try:
-                row = {"variant": v.name, "seed": s, "experiment": name, **run_figures(rec)}
-                models = ["teacher", *_iterations(rec["params"]), "baseline"]
-                row["last"] = models[-2]
-                row["outcomes"] = {m: o for m in models if outcomes is not None and (o := outcomes(rec, m)) is not None}
-                rows.append(row)
-            except KeyError as e:
-                problems.append(f"`{name}` ({v.name}, seed {s}): finished without metric {e}")
+    for v, s, name, rec in suite_records(records, suite, seeds):
+        if rec is None:
+            problems.append(f"`{name}` ({v.name}, seed {s}): no such experiment (not queued, or removed)")
+            continue
+        if rec["status"] != "success":
+            why = f": {rec['error']}" if rec.get("error") else ""
+            problems.append(f"`{name}` ({v.name}, seed {s}): {rec['status']}{why}")
+            continue
+        try:
+            row = {"variant": v.name, "seed": s, "experiment": name, **run_figures(rec)}
+            models = ["teacher", *_iterations(rec["params"]), "baseline"]
+            row["last"] = models[-2]
+            row["outcomes"] = {m: o for m in models if outcomes is not None and (o := outcomes(rec, m)) is not None}
+            rows.append(row)
+        except KeyError as e:
+            problems.append(f"`{name}` ({v.name}, seed {s}): finished without metric {e}")
     return pd.DataFrame(rows), problems
 
 

@@ -209,8 +209,7 @@ class StageRun:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if not self.enabled:
             return
-        ts = int(time.time() * 1000)
-        rows = [[k, float(v), ts, step or 0] for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None]
+        rows = _metric_rows(metrics, step or 0)
         self.journal["metrics"].extend(rows)
         if self.run_id:
             from mlflow.entities import Metric
@@ -222,8 +221,7 @@ class StageRun:
         table sorts pipeline runs and DVC experiments by."""
         if not self.enabled:
             return
-        ts = int(time.time() * 1000)
-        rows = [[k, float(v), ts, 0] for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None]
+        rows = _metric_rows(metrics, 0)
         self.journal["parent_metrics"].extend(rows)
         if self.parent_id:
             from mlflow.entities import Metric
@@ -272,6 +270,12 @@ class StageRun:
                       f"{len(j['metrics'])} metric values and {len(j['artifacts'])} artifacts are in no MLflow run "
                       f"(the stage itself {'succeeded' if exc_type is None else 'failed'}; its DVC outputs are "
                       f"unaffected)", file=sys.stderr, flush=True)
+
+
+def _metric_rows(metrics: dict, step: int) -> list[list]:
+    """[key, value, timestamp ms, step] of the numeric values: a journal row and a Metric's arguments."""
+    ts = int(time.time() * 1000)
+    return [[k, float(v), ts, step] for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None]
 
 
 def experiment_id(client, name: str) -> str:

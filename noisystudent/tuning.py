@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .ablation import SUITES, experiment_name
+from .ablation import SUITES, suite_records
 
 # what each finished experiment contributes (summary.json keys), test figures after the choice
 FIGURES = {"val": "best_student_val_acc", "test": "best_student_test_acc", "teacher": "teacher_test_acc",
@@ -17,21 +17,17 @@ FIGURES = {"val": "best_student_val_acc", "test": "best_student_test_acc", "teac
 
 def collect(records: list[dict], seeds: list[int], suite: str = "tune") -> tuple[pd.DataFrame, list[str]]:
     """One row per (candidate, seed) that finished, with FIGURES; and what is missing or failed."""
-    by_name = {r["name"]: r for r in records}
     rows, problems = [], []
-    for v in SUITES[suite]:
-        for s in seeds:
-            name = experiment_name(v, s)
-            rec = by_name.get(name)
-            if rec is None or rec["status"] != "success":
-                problems.append(f"`{name}`: {'not run' if rec is None else rec['status']}")
-                continue
-            m = rec["metrics"]
-            try:
-                rows.append({"candidate": v.name, "seed": s, "experiment": name,
-                             **{k: float(m[f"metrics/summary.json:{key}"]) for k, key in FIGURES.items()}})
-            except KeyError as e:
-                problems.append(f"`{name}`: finished without metric {e}")
+    for v, s, name, rec in suite_records(records, suite, seeds):
+        if rec is None or rec["status"] != "success":
+            problems.append(f"`{name}`: {'not run' if rec is None else rec['status']}")
+            continue
+        m = rec["metrics"]
+        try:
+            rows.append({"candidate": v.name, "seed": s, "experiment": name,
+                         **{k: float(m[f"metrics/summary.json:{key}"]) for k, key in FIGURES.items()}})
+        except KeyError as e:
+            problems.append(f"`{name}`: finished without metric {e}")
     return pd.DataFrame(rows, columns=["candidate", "seed", "experiment", *FIGURES]), problems
 
 
