@@ -1,7 +1,7 @@
 """Training throughput of the real loop vs a bare loop (a benchmark, run by hand; not in CI).
 
 The real loop is `noisystudent.train.fit` on the prepared digits exactly as a student trains
-(labeled + pseudo-labeled batches, RandAugment on PIL images, the default student noise); the
+(labeled + pseudo-labeled batches, RandAugment in PIL or batched (`--augment`), the default student noise); the
 bare loop is the same model, optimizer and batch shapes on random tensors already in memory,
 the loop's own ceiling. Both run in this process, one after the other, `--repeats` times
 interleaved; prints JSON with images/s of each and their ratio (median).
@@ -54,7 +54,8 @@ def bare_loop(model, batch: int, chans: int, size: int, classes: int, steps: int
     return steps * batch / (time.perf_counter() - t0)
 
 
-def real_loop(p, data_dir: Path, image_size: int | None, arch: str, batch: int, ratio: int, steps: int, rt, ema_decay: float) -> float:
+def real_loop(p, data_dir: Path, image_size: int | None, arch: str, batch: int, ratio: int, steps: int, rt, ema_decay: float,
+              batched: bool = False) -> float:
     from noisystudent import data as D
     from noisystudent.models import create_model
     from noisystudent.train import FitConfig, fit
@@ -62,7 +63,7 @@ def real_loop(p, data_dir: Path, image_size: int | None, arch: str, batch: int, 
 
     d = D.Prepared.load(data_dir)
     cfg = data_config(arch, d.in_chans, image_size, d.image_size)
-    tf = train_transform(cfg, p.noise.randaugment_n, p.noise.randaugment_m)
+    tf = train_transform(cfg, p.noise.randaugment_n, p.noise.randaugment_m, batched=batched)
     lab = d.split("labeled")
     unl = d.split("unlabeled")
     labeled = D.ImageDataset(d.images, lab["id"].to_numpy(), D.one_hot(lab["label"].to_numpy(), d.num_classes, 0.1), tf)
@@ -85,6 +86,7 @@ def main(
     channels_last: bool = False,
     compile: bool = False,
     workers: Annotated[int, typer.Option(help="training DataLoader workers (real loop)")] = 0,
+    augment: Annotated[str, typer.Option(help="RandAugment in the real loop: pil | batched (speed.augment)")] = "pil",
     ema_decay: Annotated[Optional[float], typer.Option(help="real loop's EMA (default: train.ema_decay)")] = None,
     device: str = "auto",
     data: Annotated[Path, typer.Option(help="prepared data folder (run `dvc repro prepare` first)")] = ROOT / "data/prepared",
@@ -116,13 +118,13 @@ def main(
     ema = p.train.ema_decay if ema_decay is None else ema_decay
     real, bare = [], []
     for _ in range(repeats):
-        real.append(real_loop(p, data, image_size, arch, batch, ratio, steps, rt, ema))
+        real.append(real_loop(p, data, image_size, arch, batch, ratio, steps, rt, ema, augment == "batched"))
         model = create_model(arch, d.num_classes, d.in_chans, p.noise.dropout, p.noise.drop_path)
         bare.append(bare_loop(model, batch * (1 + ratio), d.in_chans, size, d.num_classes, steps, rt))
         print(json.dumps({"real_images_per_s": round(real[-1], 1), "bare_images_per_s": round(bare[-1], 1)}), flush=True)
     r, b = statistics.median(real), statistics.median(bare)
     print(json.dumps({"arch": arch, "batch": f"{batch} labeled + {batch * ratio} pseudo", "threads": torch.get_num_threads(),
-                      **rt.describe(), "ema_decay": ema, "workers": workers, "steps": steps, "repeats": repeats,
+                      **rt.describe(), "ema_decay": ema, "workers": workers, "augment": augment, "steps": steps, "repeats": repeats,
                       "image": [d.in_chans, size, size], "data": "synthetic" if synthetic else str(data),
                       "real_images_per_s": round(r, 1), "bare_images_per_s": round(b, 1), "ratio": round(r / b, 3),
                       # each repeat's real / bare, measured back to back: robust to the machine's drift

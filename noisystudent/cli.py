@@ -17,10 +17,11 @@ def app(help: str) -> typer.Typer:
     return typer.Typer(help=help, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="markdown")
 
 
-def read_params(path: Path) -> Params:
-    """Validate params first: a bad value exits with one line naming the key, nothing written."""
+def read_params(path: Path, models: bool = True) -> Params:
+    """Validate params first: a bad value exits with one line naming the key, nothing written.
+    `models=False` for stages that build no model (see `load_params`)."""
     try:
-        return load_params(path)
+        return load_params(path, models=models)
     except ParamsError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

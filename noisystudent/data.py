@@ -25,14 +25,15 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 
 from .images import load_image
 from .io import InputError
 
-if TYPE_CHECKING:  # an annotation only: reading prepared data runs no transform code
+if TYPE_CHECKING:  # annotations only: reading prepared data imports no torch (seconds per stage)
+    import torch
+    from torch.utils.data import DataLoader
+
     from .transforms import Preprocess
 
 
@@ -141,7 +142,7 @@ def sample_seed(seed: int, stream: int, position: int) -> int:
     return (seed * 0x9E3779B97F4A7C15 + stream * 0xBF58476D1CE4E5B9 + position) % 2**64
 
 
-class ImageDataset(Dataset):
+class ImageDataset:  # a map-style dataset for torch's DataLoader (no torch import needed)
     """Images by id from a store (ArrayImages / FileImages), each with a probability-vector
     target, or with its id when there are no targets (labeling, evaluation).
 
@@ -160,19 +161,29 @@ class ImageDataset(Dataset):
     def __getitems__(self, keys: list) -> tuple[torch.Tensor, torch.Tensor]:
         pos = np.fromiter((k[0] if isinstance(k, tuple) else k for k in keys), dtype=np.int64, count=len(keys))
         ids = self.ids[pos]
-        pix = None
+        pix = plans = None
         if self.transform.pil is None and isinstance(self.images, ArrayImages):
             pix = self.images.take(ids)  # no PIL op: straight from the array
+        if self.transform.augment is not None:  # batched RandAugment: only the draws here
+            plans = [self._draw(k) for k in keys]
         if pix is None:
             pix = np.stack([self._pixels(k) for k in keys])
+        import torch
+
         y = torch.from_numpy(self.targets[pos]) if self.targets is not None else torch.from_numpy(ids.astype(np.int64))
-        return self.transform.batch(pix), y
+        return self.transform.batch(pix, plans), y
 
     def _pixels(self, key) -> np.ndarray:
         i, seed = key if isinstance(key, tuple) else (key, None)
         if seed is not None:
             random.seed(seed)  # the only RNG RandAugment draws from (transforms.RandAugment)
         return self.transform.pixels(self.images[int(self.ids[i])])
+
+    def _draw(self, key) -> list:
+        if not isinstance(key, tuple):
+            raise ValueError("RandAugment needs the training sampler's (position, seed) keys")
+        random.seed(key[1])  # the resize draws nothing: these are the draws the PIL path makes
+        return self.transform.draw()
 
     def __getitem__(self, key):
         x, y = self.__getitems__([key])
@@ -184,6 +195,8 @@ def keep_batch(batch):
     return batch
 
 
-def loader(ds: Dataset, **kw) -> DataLoader:
+def loader(ds: ImageDataset, **kw) -> DataLoader:
     """A DataLoader reading `ds` a batch at a time through its `__getitems__`."""
+    from torch.utils.data import DataLoader
+
     return DataLoader(ds, collate_fn=keep_batch, **kw)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 # models trained on labels alone (the rest of eval.models are the chain's students): the teacher,
 # the supervised baseline, and the oracle (every label of the training pool, hidden ones included)
@@ -138,6 +138,9 @@ class SpeedParams(_Section):
     train_workers: Count = 0  # training DataLoader workers (persistent, prefetching)
     data_workers: Count = 0  # DataLoader workers decoding images (prepare, labeling, evaluation)
     checkpoint_every: Count = 100  # steps between resume checkpoints (models/.resume/); 0 = none
+    # where RandAugment runs: per image in PIL in the loader, or batched on the training device
+    # (the same pixels: noisystudent/randaugment.py); auto = batched on a GPU, PIL on a CPU
+    augment: Literal["auto", "batched", "pil"] = "auto"
 
 
 class PseudoParams(_Section):
@@ -247,30 +250,29 @@ class Params(_Section):
         return its
 
     @model_validator(mode="after")
-    def _archs_exist(self) -> "Params":
-        from .models import check_arch  # timm import is slow; only validated here
+    def _student_pretrained_names(self) -> "Params":
+        for name in self.student.pretrained:
+            if name not in self.iterations:
+                raise ValueError(f"student.pretrained.{name}: no such iteration (one of {', '.join(self.iterations)})")
+        return self
+
+    @model_validator(mode="after")
+    def _models(self, info: ValidationInfo) -> "Params":
+        """The checks that build models (timm's registry, parameter counts, weight files): they
+        import torch and timm, seconds per process, so stages that build no model skip them
+        (`load_params(models=False)`); every stage that trains or loads one runs them, the first
+        of them (train_teacher) before any later stage."""
+        if not (info.context or {}).get("models", True):
+            return self
+        from .models import check_arch, check_pretrained, count_params
 
         check_arch(self.teacher.arch, "teacher.arch")
         check_arch(self.baseline.arch, "baseline.arch")
         for name, it in self.iterations.items():
             check_arch(it.arch, f"iterations.{name}.arch")
-        return self
-
-    @model_validator(mode="after")
-    def _pretrained_sources(self) -> "Params":
-        from .models import check_pretrained
-
         check_pretrained(self.teacher.pretrained, self.teacher.arch, "teacher.pretrained")
         for name, weights in self.student.pretrained.items():
-            if name not in self.iterations:
-                raise ValueError(f"student.pretrained.{name}: no such iteration (one of {', '.join(self.iterations)})")
             check_pretrained(weights, self.iterations[name].arch, f"student.pretrained.{name}")
-        return self
-
-    @model_validator(mode="after")
-    def _students_not_smaller(self) -> "Params":
-        from .models import count_params
-
         for name, it in self.iterations.items():
             t_arch = self.arch_of(it.teacher)
             if not it.allow_smaller and count_params(it.arch) < count_params(t_arch):
@@ -329,7 +331,9 @@ def _describe(err: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
+def load_params(path: str | Path = "params.yaml", models: bool = True) -> Params:
+    """params.yaml, validated; `models=False` skips the checks that need torch and timm (for
+    stages that build no model)."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -340,6 +344,6 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: top level must be a mapping")
     try:
-        return Params.model_validate(raw)
+        return Params.model_validate(raw, context={"models": models})
     except ValidationError as e:
         raise ParamsError(f"{path}: {_describe(e)}") from None

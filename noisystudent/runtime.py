@@ -42,10 +42,19 @@ class Runtime:
         model.to(self.device)
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
-    def input(self, x: torch.Tensor) -> torch.Tensor:
+    def input(self, x) -> torch.Tensor:
+        from .transforms import AugmentBatch
+
+        if isinstance(x, AugmentBatch):  # batched RandAugment and normalisation, here on the device
+            x = x.finish(self.device)
         # non_blocking: with pinned host memory the copy overlaps compute (no host sync)
         x = x.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
+
+    def batched_augment(self, setting: str) -> bool:
+        """speed.augment: batched RandAugment on a GPU (CPU-side PIL would starve it); on a CPU
+        the loader's PIL ops are the faster (benchmarks/augment_speed.py)."""
+        return setting == "batched" or (setting == "auto" and self.device.type == "cuda")
 
     @property
     def pin_memory(self) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -53,12 +54,16 @@ def resize_transform(cfg: dict) -> T.Compose:
     return T.Compose(_resize(cfg))
 
 
-def unit_tensor(pixels: np.ndarray) -> torch.Tensor:
-    """uint8 [N, H, W(, C)] -> float [N, C, H, W] in [0, 1], as ToTensor computes it (a fresh
-    contiguous tensor: read-only, memory-mapped input is copied, never aliased)."""
+def uint8_nchw(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W(, C)] -> a fresh contiguous uint8 [N, C, H, W] (read-only, memory-mapped
+    input is copied, never aliased)."""
     x = torch.from_numpy(np.require(pixels, requirements=["C", "W"]))
-    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
-    return x.float().contiguous().div_(255)
+    return (x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)).contiguous()
+
+
+def unit_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W(, C)] -> float [N, C, H, W] in [0, 1], as ToTensor computes it."""
+    return uint8_nchw(pixels).float().div_(255)
 
 
 def pixels_to_model_input(images, cfg: dict):
@@ -77,11 +82,16 @@ class Preprocess:
     crop, RandAugment; None when there are none), then `batch`, one tensor op over a whole
     batch of uint8 pixels (to [0, 1], normalise): the same arithmetic as torchvision's
     ToTensor + Normalize per image, at a fraction of the per-image cost, which dominates
-    for small models. Array data with no PIL op never becomes a PIL image at all."""
+    for small models. Array data with no PIL op never becomes a PIL image at all.
 
-    def __init__(self, pil_ops: list, mean: list[float], std: list[float]):
+    With `augment` (a RandAugment run batched, see randaugment.py) the PIL half only resizes:
+    each image's draws are made by `draw` where the PIL path would make them, and `batch`
+    returns an `AugmentBatch` that the training loop finishes on its device."""
+
+    def __init__(self, pil_ops: list, mean: list[float], std: list[float], augment: RandAugment | None = None):
         self.pil = T.Compose(pil_ops) if pil_ops else None
         self.mean, self.std = list(mean), list(std)
+        self.augment = augment
 
     def pixels(self, img) -> np.ndarray:
         """uint8 [H, W] or [H, W, C] after the PIL ops."""
@@ -90,24 +100,57 @@ class Preprocess:
         a = np.frombuffer(img.tobytes(), np.uint8).reshape(img.height, img.width, -1)
         return a[..., 0] if a.shape[-1] == 1 else a
 
-    def batch(self, pixels: np.ndarray) -> torch.Tensor:
-        """uint8 [N, H, W(, C)] -> normalised float [N, C, H, W]."""
-        # in place, in Normalize's order on ToTensor's output: the same floats, one allocation
-        return unit_tensor(pixels).sub_(torch.tensor(self.mean).view(1, -1, 1, 1)).div_(torch.tensor(self.std).view(1, -1, 1, 1))
+    def draw(self) -> list | None:
+        """This image's RandAugment draws (batched augment only), from Python's `random` as seeded."""
+        from .randaugment import plan
+
+        return plan(self.augment) if self.augment is not None else None
+
+    def batch(self, pixels: np.ndarray, plans: list | None = None):
+        """uint8 [N, H, W(, C)] -> normalised float [N, C, H, W] (or, with `augment`, the
+        AugmentBatch that becomes it on the training device)."""
+        if self.augment is not None:
+            return AugmentBatch(uint8_nchw(pixels), plans, self.mean, self.std)
+        return normalise(unit_tensor(pixels), self.mean, self.std)
 
     def __call__(self, img) -> torch.Tensor:
-        return self.batch(self.pixels(img)[None])[0]
+        x = self.batch(self.pixels(img)[None], [self.draw()])
+        return (x.finish(torch.device("cpu")) if isinstance(x, AugmentBatch) else x)[0]
+
+
+def normalise(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    # in place, in Normalize's order on ToTensor's output: the same floats, one allocation
+    return x.sub_(torch.tensor(mean, device=x.device).view(1, -1, 1, 1)).div_(torch.tensor(std, device=x.device).view(1, -1, 1, 1))
+
+
+class AugmentBatch(NamedTuple):
+    """A training batch whose RandAugment and normalisation run where the model runs: uint8
+    pixels [N, C, H, W] (a quarter of float's bytes to move) and each image's draws."""
+    pixels: torch.Tensor
+    plans: list
+    mean: list
+    std: list
+
+    def finish(self, device: torch.device) -> torch.Tensor:
+        from .randaugment import apply
+
+        x = apply(self.pixels.to(device, non_blocking=True), self.plans)
+        # unit_tensor's arithmetic (ToTensor's), then Normalize's: as `Preprocess.batch` without augment
+        return normalise(x.float().div_(255), self.mean, self.std)
 
 
 def eval_transform(cfg: dict) -> Preprocess:
     return Preprocess(_resize(cfg), cfg["mean"], cfg["std"])
 
 
-def train_transform(cfg: dict, n: int, m: float) -> Preprocess:
+def train_transform(cfg: dict, n: int, m: float, batched: bool = False) -> Preprocess:
     """The training transform: resize as `eval_transform`, then RandAugment with N = `n` ops at
-    magnitude `m` (none when either is 0)."""
+    magnitude `m` (none when either is 0): per image in PIL, or `batched` (tensor ops over the
+    batch on the training device; the same pixels, see randaugment.py)."""
     if n == 0 or m == 0:
         return eval_transform(cfg)
+    if batched:
+        return Preprocess(_resize(cfg), cfg["mean"], cfg["std"], augment=RandAugment(n, m))
     return Preprocess(_resize(cfg) + [RandAugment(n, m)], cfg["mean"], cfg["std"])
 
 

@@ -44,7 +44,7 @@ def main(
     params: ParamsOpt = Path("params.yaml"),
 ):
     """Prepare the dataset named by `data` in params.yaml."""
-    p = read_params(params)
+    p = read_params(params, models=False)  # builds no model: no torch, no timm
     with user_errors():
         meta = run(p, out, metrics)
         typer.echo(f"prepared {meta['dataset']}: {meta['counts']}")

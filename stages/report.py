@@ -37,7 +37,7 @@ def main(
     params: ParamsOpt = Path("params.yaml"),
 ):
     """Write the run's report page."""
-    p = read_params(params)
+    p = read_params(params, models=False)  # builds no model: no torch, no timm
     with user_errors():
         typer.echo(f"report: {run(p, metrics, out)}")
 

@@ -61,7 +61,7 @@ def main(
     params: ParamsOpt = Path("params.yaml"),
 ):
     """Filter and balance one iteration's pseudo labels."""
-    p = read_params(params)
+    p = read_params(params, models=False)  # builds no model: no torch, no timm
     with user_errors():
         s = run(p, iteration, data, labels, out, metrics, confidence, classes)
         typer.echo(f"selected {s['selected']} ({s['unique']} unique), pseudo-label acc {s.get('pseudo_label_acc_selected', float('nan')):.4f}")

@@ -103,7 +103,7 @@ def main(
     params: ParamsOpt = Path("params.yaml"),
 ):
     """Gather every model's figures into the run's headline metrics."""
-    p = read_params(params)
+    p = read_params(params, models=False)  # builds no model: no torch, no timm
     with user_errors():
         s = run(p, evals, out, table, plot, robustness, selection)
         typer.echo(f"teacher {s['teacher_test_acc']:.4f} -> students {s['test_acc']}; best {s['best_student']}")

@@ -69,7 +69,10 @@ def run(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Path, sele
     r = recipe(p, name)
     dcfg = data_config(r.arch, data.in_chans, p.data.image_size, data.image_size)
     tf_eval = eval_transform(dcfg)
-    labeled, pseudo = _datasets(p, data, r, selected, train_transform(dcfg, r.noise["randaugment_n"], r.noise["randaugment_m"]))
+    t = p.train
+    rt = runtime(t.device, t.precision, t.channels_last, p.speed.train_workers, t.compile)  # joins torchrun's group, if any
+    tf = train_transform(dcfg, r.noise["randaugment_n"], r.noise["randaugment_m"], batched=rt.batched_augment(p.speed.augment))
+    labeled, pseudo = _datasets(p, data, r, selected, tf)
 
     weights = None
     if r.pretrained and is_weights_file(r.pretrained):
@@ -83,8 +86,6 @@ def run(p: Params, name: str, data_dir: Path, out: Path, metrics_out: Path, sele
             raise InputError(f"student.init: teacher needs --teacher (the checkpoint of {r.teacher})")
         model.load_state_dict(load_checkpoint(teacher_ckpt)["state_dict"])
     cfg = fit_config(p, r, p.speed.checkpoint_every)
-    t = p.train
-    rt = runtime(t.device, t.precision, t.channels_last, p.speed.train_workers, t.compile)  # joins torchrun's group, if any
     # what the model is made of: the resume state of any other run is ignored
     made_of = {"recipe": r.as_dict(), "fit": {k: v for k, v in cfg.__dict__.items() if k != "checkpoint_every"},
                "label_smoothing": t.label_smoothing, "data_config": dcfg, "runtime": rt.describe()}

@@ -7,6 +7,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ["NS_QUIET"] = "1"
+# one intra-op thread per process: pytest-xdist already runs one worker per core, and the stages
+# it launches run beside the other worker's; two threads each would only contend (tiny models
+# gain nothing from them). Set before torch is imported; subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
     os.environ.pop(var, None)
 
@@ -77,14 +81,17 @@ def reproduced(tmp_path_factory):
 
 
 # a changed value for every setting of section `speed`: no byte of any model or metric may move
-SPEED_CHANGED = {"train_workers": 2, "data_workers": 2, "checkpoint_every": 4}
+SPEED_CHANGED = {"train_workers": 2, "data_workers": 2, "checkpoint_every": 4, "augment": "batched"}
 
 
 @pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory):
     """The tiny pipeline in-process (tests/tinyrun.py): `a` through recording views of the
-    params (`touched`: stage -> keys read), then once per `speed` setting with that setting
-    changed (`speed`: key -> the run's folder)."""
+    params (`touched`: stage -> keys read), then once per `speed` setting: a copy of `a` in
+    which every stage that reads the setting ran again with it changed (`speed`: key -> that
+    folder; a stage that reads none cannot depend on it, and its inputs are then unchanged)."""
+    import shutil
+
     from noisystudent.params import Params
     from paramtrace import Recorded
     from tinyrun import run_all
@@ -93,8 +100,13 @@ def tiny_runs(tmp_path_factory):
     p = Params.model_validate(tiny_raw())
     views: dict = {}
     summary = run_all(p, root / "a", lambda stage: views.setdefault(stage, Recorded(p)))
+    touched = {k: v.touched for k, v in views.items()}
+    readers = {}
     for key, value in SPEED_CHANGED.items():
-        run_all(Params.model_validate(tiny_raw(**{f"speed__{key}": value})), root / key)
+        readers[key] = {stage for stage, keys in touched.items() if f"speed.{key}" in keys or "speed" in keys}
+        shutil.copytree(root / "a", root / key)
+        run_all(Params.model_validate(tiny_raw(**{f"speed__{key}": value})), root / key, only=readers[key])
     return {"params": p, "a": root / "a", "speed": {k: root / k for k in SPEED_CHANGED}, "summary": summary,
-            "touched": {k: v.touched for k, v in views.items()}}
+            "speed_readers": readers,
+            "touched": touched}
 

@@ -58,7 +58,7 @@ def test_dvc_status_lists_exactly_what_a_change_touches(reproduced, tmp_path):
     assert {s.split("@")[0] for s in outdated()} == users
     shutil.copy2(root / "noisystudent/transforms.py", work / "noisystudent/transforms.py")
     raw = yaml.safe_load((work / "params.yaml").read_text())
-    raw["speed"].update(train_workers=3, data_workers=1, checkpoint_every=7)
+    raw["speed"].update(train_workers=3, data_workers=1, checkpoint_every=7, augment="batched")
     (work / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     assert outdated() == set()
 

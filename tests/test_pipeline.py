@@ -105,8 +105,15 @@ def test_params_deps_are_the_keys_read(tiny_runs):
 @pytest.mark.parametrize("key", list(SPEED_CHANGED))
 def test_speed_setting_changes_no_byte(tiny_runs, key):
     """Every model, selection, metric, plot table and picture of the tiny pipeline is identical
-    with this `speed` setting changed — and so reproducible: same params, same seed, same bytes."""
+    with this `speed` setting changed — and so reproducible: same params, same seed, same bytes.
+    (The stages that read the setting ran again with it changed, on the others' outputs.)"""
     a, b = tiny_runs["a"], tiny_runs["speed"][key]
+    readers = tiny_runs["speed_readers"][key]
+    expected = {"train_workers": {"train_teacher", "train_baseline", "train_oracle", "train_student@s1", "train_student@s2"},
+                "data_workers": {"prepare", "pseudo_label@s1", "pseudo_label@s2", "gallery@s1", "gallery@s2",
+                                 *(f"evaluate@{m}" for m in tiny_runs["params"].eval.models)}}
+    expected["checkpoint_every"] = expected["augment"] = expected["train_workers"]
+    assert readers == expected[key], readers
     # prepare_files.json names the folder it wrote (a vs b); the rest must match
     files = sorted(f.relative_to(a) for f in a.rglob("*") if f.is_file() and f.name != "prepare_files.json")
     assert len(files) > 50 and {Path("models/s2.pt"), Path("metrics/summary.json"), Path("docs/report/report.md")} <= set(files)

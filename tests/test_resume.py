@@ -18,12 +18,26 @@ STEPS = {"teacher": {"steps": 24}, "student": {"steps": 18}, "train": {"batch_si
 
 
 def train(kind, d, out, env_extra=None, params="params.yaml", cwd=ROOT):
-    env = {**os.environ, "NS_QUIET": "1", **(env_extra or {})}
+    """The training stage command: a real process where it is killed (or runs another copy of
+    the code), else in this process through the same typer command (no interpreter start-up:
+    seconds each; the numbers are the same, one thread either way)."""
     args = ["--data", str(d / "data"), "--out", str(d / out), "--metrics", str(d / (out + ".json")), "--params", str(d / params)]
     args = ["--model", "s1" if kind == "student" else "teacher", *args]
     if kind == "student":
         args = ["--selected", str(d / "selected.parquet"), "--teacher", str(d / "t0.pt"), *args]
-    return subprocess.run([sys.executable, "-m", "stages.train", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    if env_extra or cwd != ROOT:
+        env = {**os.environ, "NS_QUIET": "1", **(env_extra or {})}
+        return subprocess.run([sys.executable, "-m", "stages.train", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from stages.train import cli
+
+    r = CliRunner().invoke(cli, args)
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    return SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.stderr)
 
 
 @pytest.fixture(scope="module")
@@ -94,9 +108,8 @@ def test_any_changed_key_restarts_training(work, kind, section, key, value):
     raw = yaml.safe_load((work / "params.yaml").read_text())
     raw[section][key] = value
     (work / f"params_{key}.yaml").write_text(yaml.safe_dump(raw))
-    # the verdict is printed before the first step: stop the re-run right after it
-    r = train(kind, work, out, {"NS_FAULT_KILL_AT_STEP": f"{desc}:1"}, params=f"params_{key}.yaml")
-    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    r = train(kind, work, out, params=f"params_{key}.yaml")  # in this process: a tiny run to the end
+    assert r.returncode == 0, r.stderr[-2000:]
     assert f"params.{section}.{key}" in r.stdout and "not used, starting from step 0" in r.stdout
 
 
