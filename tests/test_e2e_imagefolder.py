@@ -17,6 +17,8 @@ def test_imagefolder_through_dvc_repro(tmp_path):
     root, env = make_repo(tmp_path / "repo", data={"name": "imagefolder", "root": "data/raw/mine", "image_size": 12,
                                                     "labeled_per_class": None, "val_per_class": 2, "test_per_class": None,
                                                     },
+                          # the README's command plus decoding workers (a speed setting: no byte changes),
+                          # so that file decoding in worker processes runs end to end too
                           speed={"data_workers": 2},
                           # MLflow is tested on the shared repository (test_e2e.py); here it would only cost
                           # seconds per stage
