@@ -34,6 +34,9 @@ import typer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from label_speed import teacher_checkpoint  # noqa: E402  (benchmarks/label_speed.py)
+
 CLASSES = [f"c{i}" for i in range(10)]
 
 
@@ -93,7 +96,7 @@ def one(what: str, folder: Path, work: Path, workers: int, size: int, batch: int
     data_dir = work / "prepared-w0"
     ckpt = work / "teacher.pt"
     if not ckpt.exists():
-        teacher_checkpoint(ckpt, p.teacher.arch, size)
+        teacher_checkpoint(ckpt, p.teacher.arch, 3, size, len(CLASSES), files=True)
     if what == "label":
         t0 = time.perf_counter()
         rows = pseudo_label_stage(p, "bench", data_dir, ckpt, work / f"labels-w{workers}")
@@ -129,17 +132,6 @@ def one(what: str, folder: Path, work: Path, workers: int, size: int, batch: int
     seconds = time.perf_counter() - t0
     return {"measure": "label (bare loop)", "workers": workers, "images": n, "seconds": round(seconds, 1),
             "images_per_s": round(n / seconds), "peak_rss_mb": peak_rss_mb()}
-
-
-def teacher_checkpoint(path: Path, arch: str, size: int, classes: int = 10) -> None:
-    import torch
-
-    from noisystudent.models import create_model
-    from noisystudent.transforms import data_config
-
-    model = create_model(arch, classes, 3)
-    torch.save({"arch": arch, "num_classes": classes, "in_chans": 3, "name": "bench", "class_names": CLASSES,
-                "data_config": data_config(arch, 3, size, None), "state_dict": model.state_dict()}, path)
 
 
 def main(

@@ -32,13 +32,16 @@ sys.path.insert(0, str(ROOT))
 from synthetic import synthetic_prepared  # noqa: E402  (benchmarks/synthetic.py)
 
 
-def teacher_checkpoint(path: Path, arch: str, chans: int, size: int, classes: int = 10) -> None:
+def teacher_checkpoint(path: Path, arch: str, chans: int, size: int, classes: int = 10, files: bool = False) -> None:
+    """A random-weights teacher checkpoint; `files`: preprocessing for image files (resize + crop,
+    as `prepare` gives folders) instead of tight arrays already `size` pixels."""
     from noisystudent.models import create_model
     from noisystudent.transforms import data_config
 
     model = create_model(arch, classes, chans)
     torch.save({"arch": arch, "num_classes": classes, "in_chans": chans, "name": "bench",
-                "data_config": data_config(arch, chans, size, size), "state_dict": model.state_dict()}, path)
+                "class_names": [f"c{i}" for i in range(classes)],
+                "data_config": data_config(arch, chans, size, None if files else size), "state_dict": model.state_dict()}, path)
 
 
 def bare_forward(model, n: int, batch: int, chans: int, size: int, rt) -> float:

@@ -23,5 +23,8 @@ def synthetic_prepared(d: Path, n: int, size: int, chans: int, classes: int = 10
     k = max(classes, int(n * labeled_fraction))
     pd.DataFrame({"id": ids[:k], "label": rng.integers(0, classes, k)}).to_parquet(d / "labeled.parquet")
     pd.DataFrame({"id": ids}).to_parquet(d / "unlabeled.parquet")
+    from noisystudent.io import file_sha256  # the content hash `prepare` records (labeling fingerprints it)
+
     (d / "meta.json").write_text(json.dumps({"dataset": "synthetic", "num_classes": classes, "in_chans": chans,
-                                             "image_size": size, "storage": "array"}))
+                                             "image_size": size, "storage": "array",
+                                             "content_sha256": file_sha256(d / "images.npy")}))

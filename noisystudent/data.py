@@ -175,7 +175,7 @@ class ImageDataset:  # a map-style dataset for torch's DataLoader (no torch impo
 
     def _pixels(self, key) -> np.ndarray:
         i, seed = key if isinstance(key, tuple) else (key, None)
-        if seed is not None:
+        if seed is not None and self.transform.augment is None:  # batched: `_draw` seeds and draws
             random.seed(seed)  # the only RNG RandAugment draws from (transforms.RandAugment)
         return self.transform.pixels(self.images[int(self.ids[i])])
 

@@ -43,9 +43,7 @@ class Runtime:
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     def input(self, x) -> torch.Tensor:
-        from .transforms import AugmentBatch
-
-        if isinstance(x, AugmentBatch):  # batched RandAugment and normalisation, here on the device
+        if not isinstance(x, torch.Tensor):  # a transforms.AugmentBatch: RandAugment and normalisation here
             x = x.finish(self.device)
         # non_blocking: with pinned host memory the copy overlaps compute (no host sync)
         x = x.to(self.device, non_blocking=True)

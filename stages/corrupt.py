@@ -68,7 +68,7 @@ def main(
     params: ParamsOpt = Path("params.yaml"),
 ):
     """Make the corrupted and perturbed test images every model is scored on."""
-    p = read_params(params, models=False)  # builds no model: no torch, no timm
+    p = read_params(params, models=False)  # builds no model: no architecture checks
     with user_errors():
         meta = run(p, data, out)
         typer.echo(f"corrupt: {meta['num_images']} images x {len(meta['corruptions'])} corruptions x "
