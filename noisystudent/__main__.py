@@ -1,6 +1,7 @@
 """`python -m noisystudent`: every pipeline stage as a command (what `dvc repro` runs, with the
 arguments dvc.yaml gives), and the tools beside them. Run from the repository root."""
 import importlib
+import re
 import os
 from pathlib import Path
 from typing import Annotated, Optional
@@ -121,18 +122,26 @@ def _experiments() -> list[dict]:
     return experiments_from_show(_dvc("exp", "show", "--json", "--all-commits", "--no-fetch"))
 
 
+# what an ablation or tuning experiment runs: up to the summary its report reads. The galleries
+# and the page of `report` are left unbuilt (in the experiment, `dvc status` names them): four
+# stage processes fewer per experiment, and nothing any report reads
+EXPERIMENT_TARGETS = ("summary",)
+
+
 @cli.command("ablate")
 def ablate(
-    suites: Annotated[list[str], typer.Argument(help="suite names: noise, iterations, pseudo, data, model, baseline")],
+    suites: Annotated[list[str], typer.Argument(help="suite names: noise, iterations, pseudo, data, model, teacher, schedule, baseline")],
     seed: Annotated[list[int], typer.Option(help="seeds (split, training and balancing draws); repeat the option")] = [0, 1, 2, 3, 4],
     jobs: Annotated[int, typer.Option(min=1, help="parallel queue workers (1 = serialised; see README on MLflow)")] = 1,
+    mlflow: Annotated[bool, typer.Option(help="log the experiments' stages to MLflow (--no-mlflow: DVC only, faster)")] = True,
     start: Annotated[bool, typer.Option(help="start the queue and wait for it (--no-start: only queue)")] = True,
     dry_run: Annotated[bool, typer.Option(help="print the `dvc exp run` lines, queue nothing")] = False,
 ):
-    """Queue a named ablation suite as DVC experiments (`dvc exp run --queue -S ...`, one per
-    variant x seed, named `<variant>-seed<N>`; every suite's default variant is the one experiment
-    `default-seed<N>`), run the queue and wait. Experiments that
-    already finished under that name are skipped, so a stopped suite resumes."""
+    """Queue a named ablation suite as DVC experiments (`dvc exp run --queue -S ... summary`, one
+    per variant x seed, named `<variant>-seed<N>`; every suite's default variant is the one
+    experiment `default-seed<N>`), run the queue and wait. Experiments already finished under
+    that name on the checked-out commit are skipped, so a stopped suite resumes; after a commit,
+    every experiment runs again on the new code (unchanged stages come from DVC's run cache)."""
     from .ablation import queue_plan
 
     try:
@@ -141,59 +150,78 @@ def ablate(
         raise typer.BadParameter(str(e).strip("'\"")) from None
     if dry_run:
         for r in runs:
-            typer.echo(" ".join(["dvc", "exp", "run", "--queue", "-n", r.name, *r.set_args()]))
+            typer.echo(" ".join(["dvc", "exp", "run", *_queue_args(r, mlflow)]))
         return
-    _run_queue(runs, f"{', '.join(suites)} x seeds {seed}", jobs, start)
+    _run_queue(runs, f"{', '.join(suites)} x seeds {seed}", jobs, start, mlflow)
 
 
-def _run_queue(runs, what: str, jobs: int, start: bool = True) -> None:
-    """Queue the runs not yet finished or queued under their names, start the queue and wait for
-    every unfinished one (a command stopped and run again takes up what it had queued)."""
+def _queue_args(run, mlflow: bool) -> list[str]:
+    return ["--queue", "-n", run.name, *run.set_args(), *([] if mlflow else ["-S", "mlflow.enabled=false"]),
+            *EXPERIMENT_TARGETS]
+
+
+def _queue_tasks() -> dict[str, tuple[str, str]]:
+    """`dvc queue status` as task id -> (experiment name, status). Names repeat across commits
+    (the same experiment re-run on new code): only task ids tell this call's runs apart."""
+    out = {}
+    for line in _dvc("queue", "status").splitlines():
+        cols = line.split()
+        if len(cols) >= 4 and cols[0] != "Task" and re.fullmatch(r"[0-9a-f]{7,}", cols[0]):
+            out[cols[0]] = (cols[1], cols[-1])
+    return out
+
+
+def _run_queue(runs, what: str, jobs: int, start: bool = True, mlflow: bool = True) -> None:
+    """Queue the runs not yet finished or queued under their names on the checked-out commit,
+    start the queue and wait for every unfinished one (a command stopped and run again takes up
+    what it had queued)."""
     import subprocess
     import sys
     import time
 
     from .progress import progress
 
-    status = {e["name"]: e["status"] for e in _experiments()}
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    status = {e["name"]: e["status"] for e in _experiments() if e.get("baseline") == head}
     waiting = [r for r in runs if status.get(r.name) != "success"]
     todo = [r for r in waiting if status.get(r.name) not in ("queued", "running")]
     typer.echo(f"{len(runs)} experiments in {what}: {len(runs) - len(waiting)} done, {len(waiting) - len(todo)} queued "
                f"or running, {len(todo)} to queue")
-    if todo:
+    if todo and mlflow:
         _prepare_tracking()
+    names = {r.name for r in waiting}
+    before = _queue_tasks()
     for r in todo:
-        _dvc("exp", "run", "--queue", "-n", r.name, *r.set_args())
+        _dvc("exp", "run", *_queue_args(r, mlflow))
     if not start or not waiting:
         return
+    # this call's tasks: the ones it queued, and those of these names an earlier call left pending
+    tasks = {t: n for t, (n, st) in _queue_tasks().items()
+             if n in names and (t not in before or st.lower() in ("queued", "running"))}
     t0 = time.time()
     if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
         # workers inherit this: each takes its share of the cores instead of all of them
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
     # `dvc queue start` may stay in the foreground until the queue is empty: poll beside it; workers
     # left running by an earlier call take up what is queued, so none are started beside them
-    import re
-
     active = re.search(r"Worker status: (\d+) active", _dvc("queue", "status"))
     starter = subprocess.Popen([sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) if not (active and int(active.group(1))) else None
-    names = {r.name for r in waiting}
-    with progress("ablate", total=len(waiting), unit="exp") as bar:
+    with progress("ablate", total=len(tasks), unit="exp") as bar:
         finished: dict[str, str] = {}
-        while len(finished) < len(names):
+        while len(finished) < len(tasks):
             time.sleep(20)
             if starter is not None and starter.poll() not in (None, 0):
                 raise typer.BadParameter(f"dvc queue start failed ({starter.returncode}): {starter.stderr.read()[-2000:]}")
             # `dvc queue status` is cheap (no experiment collection) and sees every baseline commit
-            for line in _dvc("queue", "status").splitlines():
-                cols = line.split()
-                if len(cols) >= 4 and cols[1] in names and cols[-1] in ("Success", "Failed") and cols[1] not in finished:
-                    finished[cols[1]] = cols[-1].lower()
+            for t, (n, st) in _queue_tasks().items():
+                if t in tasks and t not in finished and st.lower() in ("success", "failed"):
+                    finished[t] = st.lower()
                     bar.advance()
     if starter is not None:
         starter.wait()
-    failed = sorted(n for n, s in finished.items() if s == "failed")
-    typer.echo(f"{len(waiting)} experiments in {time.time() - t0:.0f} s; failed: {', '.join(failed) or 'none'}"
+    failed = sorted(tasks[t] for t, s in finished.items() if s == "failed")
+    typer.echo(f"{len(tasks)} experiments in {time.time() - t0:.0f} s; failed: {', '.join(failed) or 'none'}"
                + ("  (`dvc queue logs <name>` shows why)" if failed else ""))
 
 
@@ -218,6 +246,7 @@ def tune(
     seed: Annotated[list[int], typer.Option(help="seeds the best candidates then run on; repeat the option")] = [0, 1, 2],
     keep: Annotated[int, typer.Option(min=1, help="candidates kept after screening (by validation)")] = 3,
     jobs: Annotated[int, typer.Option(min=1, help="parallel queue workers")] = 1,
+    mlflow: Annotated[bool, typer.Option(help="log the experiments' stages to MLflow (--no-mlflow: DVC only, faster)")] = True,
     out: Annotated[Path, typer.Option(help="folder for report.md (replaced whole)")] = Path("reports/tuning"),
     report_only: Annotated[bool, typer.Option(help="queue nothing: rank what has finished")] = False,
     show_json: Annotated[Optional[Path], typer.Option(help="read this saved `dvc exp show --json` (implies --report-only)")] = None,
@@ -233,12 +262,13 @@ def tune(
 
     seeds = list(dict.fromkeys([*screen_seed, *seed]))
     if not (report_only or show_json):
-        _run_queue(queue_plan(["tune"], screen_seed), f"tune x screening seeds {screen_seed}", jobs)
+        _run_queue(queue_plan(["tune"], screen_seed), f"tune x screening seeds {screen_seed}", jobs, mlflow=mlflow)
         frame, _ = collect(_experiments(), screen_seed)
         # the best by validation, and the current recipe: the "before" of before-and-after
         best = list(dict.fromkeys([*rank(frame)["candidate"][:keep], "current"]))
         runs = [r for r in queue_plan(["tune"], seed) if r.variant in best]
-        _run_queue(runs, f"{', '.join(best)} (the {keep} best by validation, and the current recipe) x seeds {seed}", jobs)
+        _run_queue(runs, f"{', '.join(best)} (the {keep} best by validation, and the current recipe) x seeds {seed}", jobs,
+                   mlflow=mlflow)
     from .ablation import experiments_from_show
 
     records = experiments_from_show(show_json.read_text()) if show_json else _experiments()

@@ -54,6 +54,16 @@ SUITES: dict[str, list[Variant]] = {
         Variant("equal", dict(EQUAL), "every student the teacher's size"),
         Variant("init-from-teacher", {**EQUAL, "student.init": "teacher"}, "equal-size students initialised from their teacher"),
     ],
+    # the teacher's size varied with the students fixed (every student ns_resnet_m)
+    "teacher": [
+        Variant("students-m", {"iterations.s1.arch": "ns_resnet_m"}, "every student ns_resnet_m, the default teacher (ns_resnet_s)"),
+        Variant("larger-teacher", {"teacher.arch": "ns_resnet_m", "iterations.s1.arch": "ns_resnet_m"},
+                "the same students, a teacher of their size (ns_resnet_m)"),
+    ],
+    "schedule": [
+        Variant("joint", {}, "labeled and pseudo-labeled batches in every step (default)"),
+        Variant("finetune", {"student.schedule": "finetune"}, "half the steps on the pseudo labels alone, then half on the labels alone"),
+    ],
     # the supervised baseline runs in every experiment (stage train_baseline); alone it is the default run
     "baseline": [Variant("supervised", {}, "the teacher's recipe on the labeled images alone, in the students' architecture")],
     # candidate recipes for the default, ranked on validation alone by `tune` (tuning.py); a name
@@ -119,7 +129,7 @@ def expand(suite: str, seeds: list[int]) -> list[Run]:
 def suite_records(records: list[dict], suite: str, seeds: list[int]):
     """(variant, seed, experiment name, its record or None) for every variant x seed of `suite`,
     in suite order: the lookup every report over a suite starts from."""
-    by_name = {r["name"]: r for r in records}
+    by_name = newest_by_name(records)
     for v in SUITES[suite]:
         for s in seeds:
             name = experiment_name(v, s)
@@ -157,6 +167,7 @@ def _record(rev: dict, state: str | None) -> dict:
     error = rev.get("error") or data.get("error")
     status = "failed" if (state or "").lower() == "failed" or error else (state or "success").lower()
     return {"name": rev.get("name") or data.get("name"), "rev": rev.get("rev"), "status": status,
+            "timestamp": data.get("timestamp") or "",
             "params": params, "metrics": metrics, "error": (error or {}).get("msg") if isinstance(error, dict) else error}
 
 
@@ -173,5 +184,19 @@ def experiments_from_show(show: list | str) -> list[dict]:
             for rev in revs[:1]:  # the experiment's own commit (the rest are its history)
                 rec = _record(rev, state)
                 rec["name"] = rec["name"] or exp.get("name")
+                rec["baseline"] = base.get("rev")
                 out.append(rec)
+    return out
+
+
+def newest_by_name(records: list[dict]) -> dict[str, dict]:
+    """One record per experiment name: the newest run of it. A name re-run on a later commit
+    (changed code) supersedes the earlier run; one still queued or running (no timestamp yet)
+    supersedes every finished one, so a report never mixes in the result it is replacing."""
+    out: dict[str, dict] = {}
+    for r in records:
+        key = (not r.get("timestamp"), r.get("timestamp") or "")
+        old = out.get(r["name"])
+        if old is None or key > (not old.get("timestamp"), old.get("timestamp") or ""):
+            out[r["name"]] = r
     return out

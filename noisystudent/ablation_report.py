@@ -178,6 +178,12 @@ def findings(frame: pd.DataFrame, suite: str) -> list[str]:
     if suite == "model":
         return [_claim(frame, "A larger student helps (the paper: student size matters)", "larger", "equal"),
                 _claim(frame, "Training from scratch beats initialising from the teacher (the paper: sometimes)", "equal", "init-from-teacher")]
+    if suite == "teacher":
+        return [_claim(frame, "A larger teacher helps, the students fixed (the paper: a larger teacher leads to better results)",
+                       "larger-teacher", "students-m")]
+    if suite == "schedule":
+        return [_claim(frame, "Joint training beats pre-training on pseudo labels then fine-tuning on labels (the paper)",
+                       "joint", "finetune")]
     if suite == "baseline":
         g = frame[frame["variant"] == "supervised"]
         if len(g) == 0:

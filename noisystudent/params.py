@@ -58,6 +58,9 @@ class StudentParams(_Section):
     batch_ratio: PosInt = 3  # unlabeled batch = ratio x labeled batch; loss = CE_l + ratio CE_u (official code)
     targets: Literal["soft", "hard"] = "soft"
     init: Literal["scratch", "teacher"] = "scratch"  # teacher (an ablation): start from the teacher's weights
+    # joint: every step learns from a labeled and a pseudo-labeled batch (the paper); finetune (an
+    # ablation): the first half of the steps on the pseudo labels alone, the second on the labels alone
+    schedule: Literal["joint", "finetune"] = "joint"
     # iteration -> pretrained weights to start that student from, as teacher.pretrained (the paper's
     # students start from scratch); here, not under `iterations`, so a chain need not name it
     pretrained: dict[str, str] = Field(default_factory=dict)

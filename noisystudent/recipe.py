@@ -33,6 +33,7 @@ class Recipe:
     teacher: str | None = None  # whose pseudo labels a student learns from
     init_from_teacher: bool = False  # an ablation: start from the teacher's weights (the paper: from scratch)
     pretrained: str | None = None  # start from these weights (a file under models/pretrained/ or a timm tag)
+    schedule: str = "joint"  # joint | finetune (an ablation: pseudo labels alone, then the labels alone)
 
     @property
     def supervised(self) -> bool:
@@ -59,11 +60,11 @@ def recipe(p: Params, name: str) -> Recipe:
     position = list(p.iterations).index(name) + 1  # the chain's order is its structure (dvc.yaml's foreach)
     return Recipe(name, "student", it.arch, _noise(p.noise), p.student.steps, p.train.seed + position,
                   p.student.batch_ratio, p.student.targets, it.teacher, p.student.init == "teacher",
-                  p.student.pretrained.get(name))
+                  p.student.pretrained.get(name), p.student.schedule)
 
 
 def fit_config(p: Params, r: Recipe, checkpoint_every: int = 0) -> FitConfig:
     t = p.train
     return FitConfig(steps=r.steps, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
                      warmup_steps=t.warmup_steps, batch_ratio=r.batch_ratio, seed=r.seed, checkpoint_every=checkpoint_every,
-                     ema_decay=t.ema_decay)
+                     ema_decay=t.ema_decay, pretrain_steps=r.steps // 2 if r.schedule == "finetune" else 0)

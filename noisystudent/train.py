@@ -40,6 +40,9 @@ class FitConfig:
     log_every: int = 50
     checkpoint_every: int = 0  # steps between resume checkpoints; 0 = none
     ema_decay: float = 0.0  # 0 = no EMA; else predictions use the EMA weights (official code)
+    # > 0 (an ablation, pre-train then fine-tune): steps before this one learn from the pseudo
+    # labels alone, the rest from the labeled images alone; 0 = joint training (the paper)
+    pretrain_steps: int = 0
 
 
 def seed_everything(seed: int) -> None:
@@ -196,17 +199,27 @@ def fit(
                 group["lr"] = lr_at(step, cfg)
             x_l, y_l = next(lab_iter)
             x_l, y_l = rt.input(x_l), y_l.to(rt.device, non_blocking=True)
+            # both batches are drawn at every step, used or not: the streams stay those of step
+            # `step`, so a resumed run draws what an uninterrupted one would
+            phase = "joint" if not cfg.pretrain_steps else "pseudo" if step < cfg.pretrain_steps else "labeled"
             with rt.autocast():
                 if pse_iter is not None:
                     x_u, y_u = next(pse_iter)
                     x_u, y_u = rt.input(x_u), y_u.to(rt.device, non_blocking=True)
+                if pse_iter is None or phase == "labeled":
+                    logits_l, loss_u = net(x_l).float(), torch.zeros((), device=rt.device)
+                    loss_l = F.cross_entropy(logits_l, y_l)
+                    loss = loss_l
+                elif phase == "pseudo":  # pre-training: the pseudo labels alone, as a supervised loss
+                    logits_l, y_l = net(x_u).float(), y_u  # train_acc is then on the pseudo batch
+                    loss_u, loss_l = F.cross_entropy(logits_l, y_u), torch.zeros((), device=rt.device)
+                    loss = loss_u
+                else:
                     logits = net(torch.cat([x_l, x_u])).float()
                     logits_l, logits_u = logits[: len(x_l)], logits[len(x_l) :]
                     loss_u = F.cross_entropy(logits_u, y_u)
-                else:
-                    logits_l, loss_u = net(x_l).float(), torch.zeros((), device=rt.device)
-                loss_l = F.cross_entropy(logits_l, y_l)
-                loss = loss_l + cfg.batch_ratio * loss_u
+                    loss_l = F.cross_entropy(logits_l, y_l)
+                    loss = loss_l + cfg.batch_ratio * loss_u
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)

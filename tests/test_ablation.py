@@ -234,3 +234,74 @@ def test_readme_results_block_is_written_from_the_tuning_runs(tmp_path):
     readme.write_text("no markers\n")
     r = CliRunner().invoke(cli, ["readme-results", "--runs", str(tmp_path / "runs.csv"), "--readme", str(readme)])
     assert r.exit_code == 1 and "markers" in r.output and readme.read_text() == "no markers\n"
+
+
+def test_a_name_run_again_on_later_code_supersedes_the_earlier_run():
+    """`ablate` re-runs every experiment on a new commit under the same name: reports read the
+    newest run of a name, and one still queued hides the finished run it replaces."""
+    from noisystudent.ablation import newest_by_name, suite_records
+
+    def base(rev, exps):
+        return {"rev": rev, "name": None, "data": None, "error": None, "experiments": exps}
+
+    def exp(name, acc, ts, state="success"):
+        p, m = fake_run(0, acc)
+        e = exp_state(name, p, m)
+        e["data"]["timestamp"] = ts
+        return {"revs": [e], "executor": {"state": state}, "name": name}
+
+    old, new = "a" * 40, "b" * 40
+    show = [base(new, [exp("default-seed0", 0.91, "2026-12-02T03:00:00")]),
+            base(old, [exp("default-seed0", 0.88, "2026-12-01T03:00:00"), exp("hard-seed0", 0.90, "2026-12-01T04:00:00")])]
+    recs = experiments_from_show(json.dumps(show))
+    assert {(r["name"], r["baseline"]) for r in recs} == {("default-seed0", new), ("default-seed0", old), ("hard-seed0", old)}
+    newest = newest_by_name(recs)
+    assert newest["default-seed0"]["baseline"] == new and newest["default-seed0"]["metrics"]["metrics/summary.json:test_acc.s3"] == 0.91
+    assert newest["hard-seed0"]["baseline"] == old  # not re-run: the earlier run is the one there is
+    (row,) = [rec for v, s, n, rec in suite_records(recs, "noise", [0]) if v.name == "full"]
+    assert row["baseline"] == new
+    show[0]["experiments"].append({"revs": [{"rev": "q" * 40, "name": "hard-seed0", "data": None, "error": None}],
+                                   "executor": {"state": "queued"}, "name": "hard-seed0"})
+    assert newest_by_name(experiments_from_show(json.dumps(show)))["hard-seed0"]["status"] == "queued"
+
+
+def test_teacher_and_schedule_suites_and_their_findings():
+    teacher = {r.variant: r for r in expand("teacher", [0])}
+    assert teacher["students-m"].overrides == {"iterations.s1.arch": "ns_resnet_m", **{k: 0 for k in ("data.seed", "train.seed", "select.seed")}}
+    assert teacher["larger-teacher"].overrides["teacher.arch"] == "ns_resnet_m"
+    assert {k: v for k, v in teacher["larger-teacher"].overrides.items() if k != "teacher.arch"} == teacher["students-m"].overrides
+    schedule = {r.variant: r for r in expand("schedule", [0])}
+    assert schedule["joint"].name == "default-seed0" and "student.schedule=finetune" in schedule["finetune"].set_args()
+
+    def show(variants):
+        exps = []
+        for name, accs in variants.items():
+            for s, a in enumerate(accs):
+                p, m = fake_run(s, a)
+                exps.append({"revs": [exp_state(f"{name}-seed{s}", p, m)], "executor": {"state": "success"}, "name": f"{name}-seed{s}"})
+        return experiments_from_show(json.dumps([{"rev": "b" * 40, "name": "main", "data": None, "error": None, "experiments": exps}]))
+
+    frame, problems = collect(show({"larger-teacher": (0.90, 0.91, 0.92), "students-m": (0.85, 0.86, 0.87)}), "teacher", SEEDS)
+    assert not problems
+    (line,) = findings(frame, "teacher")
+    assert "A larger teacher helps" in line and "**supported**. larger-teacher − students-m: +5.00 points" in line
+    frame, _ = collect(show({"default": (0.88, 0.89, 0.90), "finetune": (0.90, 0.91, 0.92)}), "schedule", SEEDS)
+    (line,) = findings(frame, "schedule")
+    assert "Joint training beats" in line and "**contradicted**. joint − finetune: -2.00 points" in line
+
+
+def test_ablate_runs_each_experiment_up_to_the_summary(tmp_path):
+    """The queued line: the variant's overrides, the seed keys, MLflow off when asked, and the
+    target `summary` (what every report reads; galleries and the run page are left unbuilt)."""
+    from typer.testing import CliRunner
+
+    from noisystudent.__main__ import cli
+
+    out = CliRunner().invoke(cli, ["ablate", "schedule", "--seed", "3", "--dry-run", "--no-mlflow"])
+    assert out.exit_code == 0, out.output
+    lines = out.output.strip().splitlines()
+    assert lines == ["dvc exp run --queue -n default-seed3 -S data.seed=3 -S select.seed=3 -S train.seed=3 -S mlflow.enabled=false summary",
+                     "dvc exp run --queue -n finetune-seed3 -S data.seed=3 -S select.seed=3 -S student.schedule=finetune -S train.seed=3 "
+                     "-S mlflow.enabled=false summary"]
+    out = CliRunner().invoke(cli, ["ablate", "schedule", "--seed", "3", "--dry-run"])
+    assert "mlflow.enabled" not in out.output and out.output.count(" summary\n") == 2

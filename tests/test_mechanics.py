@@ -104,6 +104,52 @@ def test_one_step_follows_the_gradient_of_ce_labeled_plus_ratio_ce_pseudo(studen
     assert model.seen == [(B + ratio * B if student else B, True)]
 
 
+def test_pretrain_then_finetune_learns_from_one_set_per_phase():
+    """pretrain_steps > 0 (the ablation against joint training): before that step the network
+    sees only the pseudo-labeled batch and steps down grad CE(x_u, t_u), weighted 1, not ratio;
+    from it on, only the labeled batch, down grad CE(x_l, t_l). The logged losses say which."""
+    from noisystudent.train import FitConfig, fit
+
+    B, ratio, lr, m = 4, 3, 0.1, 0.9
+    x_l, t_l = torch.tensor([1.0, 2.0]), torch.tensor([0.9, 0.1])
+    x_u, t_u = torch.tensor([-1.5, 0.5]), torch.tensor([0.2, 0.8])
+    labeled, pseudo = TensorDataset(x_l.repeat(10, 1), t_l.repeat(10, 1)), TensorDataset(x_u.repeat(30, 1), t_u.repeat(30, 1))
+    model = Probe()
+    weights = [[q.detach().clone() for q in model.parameters()]]
+
+    def grad(at: list[torch.Tensor], x, t) -> list[torch.Tensor]:
+        ref = copy.deepcopy(model)
+        with torch.no_grad():
+            for q, w in zip(ref.parameters(), at):
+                q.copy_(w)
+        _ce(ref.fc(x[None]), t[None]).backward()
+        return [q.grad.clone() for q in ref.parameters()]
+
+    cfg = FitConfig(steps=2, batch_size=B, lr=lr, momentum=m, weight_decay=0.0, batch_ratio=ratio, seed=0, log_every=1,
+                    pretrain_steps=1)
+    _, history = fit(model, labeled, cfg, pseudo, on_log=lambda *_: weights.append([q.detach().clone() for q in model.parameters()]))
+    g1, g2 = grad(weights[0], x_u, t_u), grad(weights[1], x_l, t_l)
+    # Nesterov SGD: step 1 moves by lr_1 (1 + m) g1, step 2 by lr_2 ((1 + m) g2 + m^2 g1) (lr_t: the schedule's)
+    for step, want in enumerate([[(1 + m) * a for a in g1], [(1 + m) * b + m * m * a for a, b in zip(g1, g2)]]):
+        moved = [w0 - w1 for w0, w1 in zip(weights[step], weights[step + 1])]
+        assert all(torch.allclose(d, history[step]["lr"] * g, rtol=1e-4, atol=1e-7) for d, g in zip(moved, want)), step
+    assert model.seen == [(ratio * B, True), (B, True)]
+    assert history[0]["loss_labeled"] == 0 < history[0]["loss_pseudo"] and history[1]["loss_pseudo"] == 0 < history[1]["loss_labeled"]
+
+
+def test_finetune_schedule_splits_the_student_steps_in_half():
+    from noisystudent.train import FitConfig, fit
+
+    labeled = TensorDataset(torch.randn(8, 2), torch.eye(2)[torch.arange(8) % 2])
+    pseudo = TensorDataset(torch.randn(24, 2), torch.eye(2)[torch.arange(24) % 2])
+    model = Probe()
+    fit(model, labeled, FitConfig(steps=6, batch_size=2, lr=0.1, batch_ratio=3, seed=0, pretrain_steps=3), pseudo)
+    assert [n for n, _ in model.seen] == [6, 6, 6, 2, 2, 2]
+    model = Probe()
+    fit(model, labeled, FitConfig(steps=2, batch_size=2, lr=0.1, batch_ratio=3, seed=0), pseudo)
+    assert [n for n, _ in model.seen] == [8, 8]  # joint (the default): both batches in every step
+
+
 def test_ema_weights_predict_log_and_average_the_trained_ones():
     """ema_decay > 0: fit returns the EMA copy (eval mode), on_log gets that same copy (validation
     uses it), and it averages the trained weights: after step 1 it is they (timm's warm-up), after
@@ -451,6 +497,10 @@ def test_recipes_give_each_role_its_noise_weighting_targets_and_start():
     assert recipe(p, "baseline").noise == t.noise
     cfg = fit_config(p, s)
     assert (cfg.batch_ratio, cfg.ema_decay) == (3, 0.99)
+    assert cfg.pretrain_steps == 0 and s.schedule == "joint"
+    f = recipe(_p(**NOISY, student__schedule="finetune"), "s1")
+    assert f.schedule == "finetune" and fit_config(p, f).pretrain_steps == f.steps // 2 > 0
+    assert fit_config(p, recipe(_p(**NOISY, student__schedule="finetune"), "teacher")).pretrain_steps == 0
 
 
 def test_students_are_equal_or_larger_than_their_teachers():
