@@ -299,19 +299,24 @@ def tune(
 def readme_results(
     runs: Annotated[Path, typer.Option(help="the tuning runs table `tune` writes")] = Path("reports/tuning/runs.csv"),
     seed: Annotated[list[int], typer.Option(help="the seeds a recipe must have run on to be chosen; repeat the option")] = [0, 1, 2],
+    findings: Annotated[Path, typer.Option(help="the ablation findings `ablation-report` writes")] = Path("reports/ablations/findings.csv"),
     readme: Annotated[Path, typer.Option(help="the file whose results block is rewritten")] = Path("README.md"),
 ):
     """Rewrite the README's results block (between `<!-- results:begin -->` and `<!-- results:end -->`)
-    from the committed tuning runs: every model's test top-1 as mean ± std over seeds, before and
-    after tuning, never one seed's figures and never typed by hand."""
+    from the committed tuning runs (every model's test top-1 as mean ± std over seeds, before and
+    after tuning, never one seed's figures) and the committed ablation findings (each paper
+    finding's effect, 95 % interval and verdict): never typed by hand."""
     import pandas as pd
 
     from .cli import fail
     from .io import atomic_write_text
+    from .ablation_report import findings_table
     from .tuning import before_after, replace_block
 
     if not runs.exists():
         fail(f"{runs} is missing: run `python -m noisystudent tune` first")
+    if not findings.exists():
+        fail(f"{findings} is missing: run `python -m noisystudent ablation-report noise iterations` first")
     frame = pd.read_csv(runs)
     table = before_after(frame, len(seed))
     body = ["Digits, 3 labeled images per class; test top-1 as mean ± std over seeds (each seed its own split, "
@@ -319,8 +324,13 @@ def readme_results(
             "`python -m noisystudent tune`; the recipe chosen on validation, test never chose). The supervised "
             "baseline is the students' architecture on the labeled images alone; the oracle the same on every "
             "label of the pool.", "", table.to_markdown(index=False), "",
+            "The paper's findings tested on this data (`python -m noisystudent ablate` / `ablation-report`: DVC "
+            "experiments, the last student's test top-1 unless said; the effect is a − b in points with its 95 % "
+            "interval from a paired bootstrap over seeds and test images; **supported** only when the interval "
+            "excludes 0 in the paper's direction):", "", findings_table(pd.read_csv(findings)).to_markdown(index=False), "",
             "Written by `python -m noisystudent readme-results`; the per-candidate table is in "
-            "[reports/tuning/report.md](reports/tuning/report.md)."]
+            "[reports/tuning/report.md](reports/tuning/report.md), every ablation with its per-seed figures in "
+            "[reports/ablations/report.md](reports/ablations/report.md)."]
     try:
         atomic_write_text(readme, replace_block(readme.read_text(), "\n".join(body)))
     except ValueError as e:

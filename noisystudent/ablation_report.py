@@ -7,6 +7,7 @@ comes from the experiments' own files (`dvc exp show`, and the per-image predict
 with each experiment); nothing is re-measured."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -131,67 +132,102 @@ def _acc(row: pd.Series, model: str) -> float:
     return {row["last"]: row["acc"], "baseline": row["baseline"]}.get(model, np.nan)
 
 
-def _claim(frame: pd.DataFrame, claim: str, a: str, b: str, col: str = "acc") -> str:
+@dataclass(frozen=True)
+class Finding:
+    """One paper finding as this data judges it: the sentence of the report, and its parts for
+    tables (the README's results block reads them from findings.csv)."""
+    suite: str
+    claim: str  # the finding, with the paper's statement
+    comparison: str  # "a − b": what the effect is the difference of
+    what: str  # test top-1 | pseudo-label accuracy
+    effect: Effect | None  # None: cannot be judged (no seed in common)
+    how: str
+    line: str  # the report's sentence
+
+    def row(self) -> dict:
+        e = self.effect
+        return {"suite": self.suite, "finding": self.claim, "comparison": self.comparison, "figure": self.what,
+                "effect_points": 100 * e.mean if e else np.nan, "ci_low": 100 * e.lo if e else np.nan,
+                "ci_high": 100 * e.hi if e else np.nan, "seeds": e.seeds if e else 0,
+                "verdict": e.verdict if e else "cannot be judged", "how": self.how}
+
+
+def findings_table(found: pd.DataFrame) -> pd.DataFrame:
+    """findings.csv as the README shows it: one row per finding, the effect with its interval."""
+    def fx(r) -> str:
+        if r["verdict"] == "cannot be judged":
+            return "n/a"
+        ci = "" if pd.isna(r["ci_low"]) else f" [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
+        return f"{r['effect_points']:+.2f}{ci}"
+    return pd.DataFrame({"suite": found["suite"], "finding": found["finding"], "a − b": found["comparison"],
+                         "figure": found["figure"], "effect, points [95 % CI]": found.apply(fx, axis=1),
+                         "seeds": found["seeds"], "verdict": found["verdict"]})
+
+
+def _claim(frame: pd.DataFrame, suite: str, claim: str, a: str, b: str, col: str = "acc") -> Finding:
     what = {"acc": "test top-1", "pl_acc": "pseudo-label accuracy"}[col]
     d, seeds = paired(frame, a, b, col)
     if len(d) == 0:
-        return f"- {claim}: cannot be judged here ({a} and {b} have no finished seed in common)."
+        return Finding(suite, claim, f"{a} − {b}", what, None, "",
+                       f"- {claim}: cannot be judged here ({a} and {b} have no finished seed in common).")
     e, how = effect(frame, a, b) if col == "acc" else (seed_interval(d), f"t interval over {len(d)} seeds")
-    return (f"- {claim}: **{e.verdict}**. {a} − {b}: {e.points()} of {what} ({how}; per seed "
-            f"{', '.join(f'{100 * x:+.2f}' for x in d)}, seeds {seeds}).")
+    return Finding(suite, claim, f"{a} − {b}", what, e, how,
+                   f"- {claim}: **{e.verdict}**. {a} − {b}: {e.points()} of {what} ({how}; per seed "
+                   f"{', '.join(f'{100 * x:+.2f}' for x in d)}, seeds {seeds}).")
 
 
-def findings(frame: pd.DataFrame, suite: str) -> list[str]:
-    """One sentence per paper finding the suite tests, with the paired evidence."""
+def findings(frame: pd.DataFrame, suite: str) -> list[Finding]:
+    """Every paper finding the suite tests, with the paired evidence."""
     if len(frame) == 0:
-        return ["- No finished experiment: nothing can be judged."]
+        return [Finding(suite, "any", "", "", None, "", "- No finished experiment: nothing can be judged.")]
+    claim = lambda *args, **kw: _claim(frame, suite, *args, **kw)  # noqa: E731
     if suite == "noise":
-        out = [_claim(frame, f"Removing {what} lowers accuracy (the paper: performance consistently drops with noise removed)",
-                      "full", v) for v, what in (("no-randaugment", "RandAugment"), ("no-dropout", "dropout"),
-                                                 ("no-stochastic-depth", "stochastic depth"), ("no-noise", "all noise"))]
-        out.append(_claim(frame, "An un-noised teacher labels better than a noised one (the paper labels un-noised)",
-                          "full", "teacher-noised"))
-        out.append(_claim(frame, "The same un-noised teacher's labels are more accurate",
-                          "full", "teacher-noised", "pl_acc"))
+        out = [claim(f"Removing {what} lowers accuracy (the paper: performance consistently drops with noise removed)",
+                     "full", v) for v, what in (("no-randaugment", "RandAugment"), ("no-dropout", "dropout"),
+                                                ("no-stochastic-depth", "stochastic depth"), ("no-noise", "all noise"))]
+        out.append(claim("An un-noised teacher labels better than a noised one (the paper labels un-noised)", "full", "teacher-noised"))
+        out.append(claim("The same un-noised teacher's labels are more accurate", "full", "teacher-noised", "pl_acc"))
         return out
     if suite == "iterations":
         g = frame[frame["variant"] == "chain"]
         if len(g) == 0:
-            return ["- Iterating helps: cannot be judged (no finished chain)."]
+            return [Finding(suite, "Iterating helps", "", "", None, "", "- Iterating helps: cannot be judged (no finished chain).")]
         per = np.array(g["per_iteration"].tolist())  # seeds x (teacher, s1, s2, ...)
         models = ["teacher", *[f"s{i}" for i in range(1, per.shape[1])]]
-        parts = []
+        out = []
         for i in range(1, per.shape[1]):
             e, how = _step(g, models[i - 1], models[i], per[:, i] - per[:, i - 1])
-            parts.append(f"iteration {i}: **{e.verdict}**, {e.points()} ({how})")
-        return ["- Each iteration improves on the last (the paper: iterative training helps, 3 iterations on ImageNet): "
-                + "; ".join(parts) + f". Accuracy after 0..{per.shape[1] - 1} iterations: "
-                + ", ".join(f"{100 * x:.2f}" for x in per.mean(0)) + " % (mean over seeds)."]
+            c = f"Iteration {i} improves on the model before it (the paper: iterative training helps, 3 iterations on ImageNet)"
+            out.append(Finding(suite, c, f"{models[i]} − {models[i - 1]}", "test top-1", e, how,
+                               f"- {c}: **{e.verdict}**, {models[i]} − {models[i - 1]}: {e.points()} ({how}). Accuracy "
+                               f"after {i - 1} and {i} iterations: {100 * per[:, i - 1].mean():.2f} → {100 * per[:, i].mean():.2f} % "
+                               "(mean over seeds)."))
+        return out
     if suite == "pseudo":
-        return [_claim(frame, "Soft pseudo labels beat hard ones (the paper: soft work better, most clearly out of domain)", "soft", "hard"),
-                _claim(frame, "A confidence filter helps (threshold 0.3 vs none)", "soft", "threshold-0")]
+        return [claim("Soft pseudo labels beat hard ones (the paper: soft work better, most clearly out of domain)", "soft", "hard"),
+                claim("A confidence filter helps (threshold 0.3 vs none)", "soft", "threshold-0")]
     if suite == "data":
-        return [_claim(frame, "Balancing helps (the paper: for small models)", "balanced", "unbalanced"),
-                _claim(frame, "All of the unlabeled data beats half of it (the paper: more unlabeled data helps)", "balanced", "fraction-1/2"),
-                _claim(frame, "A larger unlabeled:labeled batch ratio helps (3 vs 1)", "balanced", "ratio-1"),
-                _claim(frame, "... and 5 vs 3", "ratio-5", "balanced")]
+        return [claim("Balancing helps (the paper: for small models)", "balanced", "unbalanced"),
+                claim("All of the unlabeled data beats half of it (the paper: more unlabeled data helps)", "balanced", "fraction-1/2"),
+                claim("A larger unlabeled:labeled batch ratio helps (3 vs 1)", "balanced", "ratio-1"),
+                claim("... and 5 vs 3", "ratio-5", "balanced")]
     if suite == "model":
-        return [_claim(frame, "A larger student helps (the paper: student size matters)", "larger", "equal"),
-                _claim(frame, "Training from scratch beats initialising from the teacher (the paper: sometimes)", "equal", "init-from-teacher")]
+        return [claim("A larger student helps (the paper: student size matters)", "larger", "equal"),
+                claim("Training from scratch beats initialising from the teacher (the paper: sometimes)", "equal", "init-from-teacher")]
     if suite == "teacher":
-        return [_claim(frame, "A larger teacher helps, the students fixed (the paper: a larger teacher leads to better results)",
-                       "larger-teacher", "students-m")]
+        return [claim("A larger teacher helps, the students fixed (the paper: a larger teacher leads to better results)",
+                      "larger-teacher", "students-m")]
     if suite == "schedule":
-        return [_claim(frame, "Joint training beats pre-training on pseudo labels then fine-tuning on labels (the paper)",
-                       "joint", "finetune")]
+        return [claim("Joint training beats pre-training on pseudo labels then fine-tuning on labels (the paper)", "joint", "finetune")]
     if suite == "baseline":
         g = frame[frame["variant"] == "supervised"]
+        c = "Noisy Student (the last student) beats the supervised model of the same architecture"
         if len(g) == 0:
-            return ["- Noisy Student beats the supervised baseline: cannot be judged (no finished run)."]
+            return [Finding(suite, c, "", "", None, "", f"- {c}: cannot be judged (no finished run).")]
         e, how = effect(frame, "supervised", "supervised", model_b="baseline")
         d = g["gain_baseline"].to_numpy(dtype=float)
-        return [f"- Noisy Student (the last student) beats the supervised model of the same architecture: **{e.verdict}**, "
-                f"{e.points()} ({how}; per seed {', '.join(f'{100 * x:+.2f}' for x in d)})."]
+        return [Finding(suite, c, "last student − baseline", "test top-1", e, how,
+                        f"- {c}: **{e.verdict}**, {e.points()} ({how}; per seed {', '.join(f'{100 * x:+.2f}' for x in d)}).")]
     return []
 
 
@@ -245,10 +281,13 @@ def build(records: list[dict], suites: list[str], seeds: list[int], out: Path, o
           "of its effect excludes 0 in the paper's direction (**contradicted**: in the other; otherwise **not "
           "distinguishable at this size**); the interval comes from a paired bootstrap that resamples seeds and, "
           "within each, the test images both variants predicted (stats.py).", ""]
+    rows = []
     with atomic_dir(out) as tmp:
         for s in suites:
             frame, problems = collect(records, s, seeds, outcomes)
-            md += [f"## {s}", "", markdown_table(table(frame, s, seeds).to_dict("records")), "Findings:", "", *findings(frame, s), ""]
+            found = findings(frame, s)
+            rows += [f.row() for f in found if f.comparison]
+            md += [f"## {s}", "", markdown_table(table(frame, s, seeds).to_dict("records")), "Findings:", "", *(f.line for f in found), ""]
             png = suite_plot(frame, s, tmp / f"{s}.png")
             if png is not None:
                 md += [f"![{s}]({png.name})", ""]
@@ -261,4 +300,6 @@ def build(records: list[dict], suites: list[str], seeds: list[int], out: Path, o
                     "pl_acc": "its pseudo-label acc %", "ece": "its ECE %"})
                 md += ["<details><summary>Per experiment</summary>", "", markdown_table(raw.to_dict("records")), "</details>", ""]
         (tmp / "report.md").write_text("\n".join(md).rstrip() + "\n")
+        # every finding's effect, interval and verdict as data: what the README's results block shows
+        pd.DataFrame(rows, columns=list(Finding("", "", "", "", None, "", "").row())).to_csv(tmp / "findings.csv", index=False)
     return out / "report.md"

@@ -3,6 +3,7 @@ report builder on a small fixture of experiment results, with a missing and a fa
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from noisystudent.ablation import SUITES, expand, experiments_from_show, format_value, queue_plan
@@ -120,7 +121,7 @@ def test_report_builder_counts_what_finished_and_lists_the_rest(tmp_path):
     assert t.loc["no-dropout", "seeds"] == "2/3" and t.loc["no-dropout", "test top-1 %"] == f"{100 * np.mean([0.87, 0.895]):.1f} ± {100 * np.std([0.87, 0.895], ddof=1):.1f}"
     assert t.loc["teacher-noised", "seeds"] == "0/3" and t.loc["teacher-noised", "test top-1 %"] == "n/a"
 
-    f = "\n".join(findings(frame, "noise"))
+    f = "\n".join(x.line for x in findings(frame, "noise"))
     # no per-image predictions here: a t interval over the per-seed differences, said so
     assert "Removing all noise lowers accuracy" in f and "**supported**. full − no-noise: +3.00 points [95 % CI +3.00, +3.00]" in f
     assert "t interval over 3 seeds (per-image predictions unavailable)" in f
@@ -130,7 +131,12 @@ def test_report_builder_counts_what_finished_and_lists_the_rest(tmp_path):
 
     page = build(recs, ["noise", "iterations"], SEEDS, tmp_path / "abl").read_text()
     assert "## noise" in page and "## iterations" in page and "Not counted:" in page and "![iterations](iterations.png)" in page
-    assert "iteration 1: **supported**, +" in page  # the chain's per-iteration accuracies (the default runs)
+    assert "Iteration 1 improves on the model before it (the paper: iterative training helps, 3 iterations on ImageNet): **supported**, s1 − teacher: +" in page
+    found = pd.read_csv(tmp_path / "abl/findings.csv")  # the same findings as data, for the README
+    assert list(found["suite"].unique()) == ["noise", "iterations"] and len(found) == 6 + 3
+    row = found[found["comparison"] == "full − no-noise"].iloc[0]
+    assert (row["verdict"], row["seeds"]) == ("supported", 3) and np.allclose(row[["effect_points", "ci_low", "ci_high"]].astype(float), 3.0)
+    assert found[found["comparison"] == "full − teacher-noised"]["verdict"].tolist() == ["cannot be judged"] * 2
     assert (tmp_path / "abl/iterations.png").stat().st_size > 0
 
 
@@ -172,11 +178,11 @@ def test_findings_use_per_image_predictions_when_there_are_some():
         return out.astype(float)
 
     frame, _ = collect(recs, "noise", SEEDS, outcomes)
-    f = "\n".join(findings(frame, "noise"))
+    f = "\n".join(x.line for x in findings(frame, "noise"))
     assert "Removing all noise lowers accuracy (the paper: performance consistently drops with noise removed): **not distinguishable at this size**" in f
     assert "paired bootstrap over 3 seeds and 1,200 test images" in f
     frame, _ = collect(recs, "baseline", SEEDS, outcomes)
-    (line,) = findings(frame, "baseline")
+    (line,) = [x.line for x in findings(frame, "baseline")]
     assert "**supported**, +10.25 points" in line
 
 
@@ -225,14 +231,25 @@ def test_readme_results_block_is_written_from_the_tuning_runs(tmp_path):
     pd.DataFrame(rows).to_csv(tmp_path / "runs.csv", index=False)
     readme = tmp_path / "README.md"
     readme.write_text("# x\n\nintro\n<!-- results:begin -->\nold typed figures\n<!-- results:end -->\n\nrest\n")
-    r = CliRunner().invoke(cli, ["readme-results", "--runs", str(tmp_path / "runs.csv"), "--readme", str(readme)])
+    args = ["readme-results", "--runs", str(tmp_path / "runs.csv"), "--findings", str(tmp_path / "findings.csv"), "--readme", str(readme)]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 1 and "findings.csv is missing" in r.output and "old typed figures" in readme.read_text()
+    build(experiments_from_show(show_fixture()), ["noise", "iterations"], SEEDS, tmp_path / "abl")
+    (tmp_path / "abl/findings.csv").rename(tmp_path / "findings.csv")
+    r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
     text = readme.read_text()
     assert text.startswith("# x\n\nintro\n<!-- results:begin -->\n") and text.endswith("<!-- results:end -->\n\nrest\n")
     assert "old typed figures" not in text and "after tuning (`hard`, chosen on validation)" in text
     assert "91.00 ± 1.00" in text and "94.00 ± 1.00" in text and "99.00 ± 0.00" in text  # current and hard, mean ± std
+    # the findings, as ablation-report judged them: effect, interval, verdict
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith(("| noise", "| iterations"))]
+    assert len(cells) == 6 + 3
+    assert ["noise", "full − no-noise", "test top-1", "+3.00 [+3.00, +3.00]", "3", "supported"] in [c[:1] + c[2:] for c in cells]
+    assert ["full − no-dropout", "+0.25 [-9.28, +9.78]", "2", "not distinguishable at this size"] in [c[2:3] + c[4:] for c in cells]
+    assert ["full − teacher-noised", "n/a", "0", "cannot be judged"] in [c[2:3] + c[4:] for c in cells]
     readme.write_text("no markers\n")
-    r = CliRunner().invoke(cli, ["readme-results", "--runs", str(tmp_path / "runs.csv"), "--readme", str(readme)])
+    r = CliRunner().invoke(cli, args)
     assert r.exit_code == 1 and "markers" in r.output and readme.read_text() == "no markers\n"
 
 
@@ -283,10 +300,10 @@ def test_teacher_and_schedule_suites_and_their_findings():
 
     frame, problems = collect(show({"larger-teacher": (0.90, 0.91, 0.92), "students-m": (0.85, 0.86, 0.87)}), "teacher", SEEDS)
     assert not problems
-    (line,) = findings(frame, "teacher")
+    (line,) = [x.line for x in findings(frame, "teacher")]
     assert "A larger teacher helps" in line and "**supported**. larger-teacher − students-m: +5.00 points" in line
     frame, _ = collect(show({"default": (0.88, 0.89, 0.90), "finetune": (0.90, 0.91, 0.92)}), "schedule", SEEDS)
-    (line,) = findings(frame, "schedule")
+    (line,) = [x.line for x in findings(frame, "schedule")]
     assert "Joint training beats" in line and "**contradicted**. joint − finetune: -2.00 points" in line
 
 
