@@ -140,8 +140,9 @@ def ablate(
     """Queue a named ablation suite as DVC experiments (`dvc exp run --queue -S ... summary`, one
     per variant x seed, named `<variant>-seed<N>`; every suite's default variant is the one
     experiment `default-seed<N>`), run the queue and wait. Experiments already finished under
-    that name on the checked-out commit are skipped, so a stopped suite resumes; after a commit,
-    every experiment runs again on the new code (unchanged stages come from DVC's run cache)."""
+    that name on a commit with this pipeline (dvc.yaml, params.yaml, the stages' code) are
+    skipped, so a stopped suite resumes; after a commit that changes the pipeline, every
+    experiment runs again (unchanged stages come back from DVC's run cache)."""
     from .ablation import queue_plan
 
     try:
@@ -171,18 +172,39 @@ def _queue_tasks() -> dict[str, tuple[str, str]]:
     return out
 
 
+def _same_pipeline(rev: str, _known: dict = {}) -> bool:
+    """Whether commit `rev` runs the pipeline the checked-out commit runs: the same dvc.yaml,
+    params.yaml and every file a stage depends on. A commit that changes only docs or reports
+    leaves its experiments standing; one that changes a stage's code re-runs them all."""
+    import subprocess
+
+    import yaml
+
+    if rev not in _known:
+        files = {"dvc.yaml", "params.yaml"}
+        for st in (yaml.safe_load(Path("dvc.yaml").read_text()).get("stages") or {}).values():
+            deps = (st.get("do") or st).get("deps") or []
+            files |= {d for d in deps if isinstance(d, str) and d.endswith(".py")}
+        r = subprocess.run(["git", "diff", "--quiet", rev, "HEAD", "--", *sorted(files)], capture_output=True)
+        _known[rev] = r.returncode == 0
+    return _known[rev]
+
+
 def _run_queue(runs, what: str, jobs: int, start: bool = True, mlflow: bool = True) -> None:
-    """Queue the runs not yet finished or queued under their names on the checked-out commit,
-    start the queue and wait for every unfinished one (a command stopped and run again takes up
-    what it had queued)."""
+    """Queue the runs not yet finished or queued under their names on a commit with this
+    commit's pipeline (`_same_pipeline`), start the queue and wait for every unfinished one (a
+    command stopped and run again takes up what it had queued). Queueing rewrites params.yaml
+    and stashes the workspace (DVC's `exp run --queue`): leave the files alone until it is done."""
     import subprocess
     import sys
     import time
 
     from .progress import progress
 
-    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    status = {e["name"]: e["status"] for e in _experiments() if e.get("baseline") == head}
+    status = {}
+    for e in _experiments():  # finished (or pending) on a commit whose pipeline is this one's
+        if e.get("baseline") and _same_pipeline(e["baseline"]) and status.get(e["name"]) != "success":
+            status[e["name"]] = e["status"]
     waiting = [r for r in runs if status.get(r.name) != "success"]
     todo = [r for r in waiting if status.get(r.name) not in ("queued", "running")]
     typer.echo(f"{len(runs)} experiments in {what}: {len(runs) - len(waiting)} done, {len(waiting) - len(todo)} queued "

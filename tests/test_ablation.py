@@ -322,3 +322,36 @@ def test_ablate_runs_each_experiment_up_to_the_summary(tmp_path):
                      "-S mlflow.enabled=false summary"]
     out = CliRunner().invoke(cli, ["ablate", "schedule", "--seed", "3", "--dry-run"])
     assert "mlflow.enabled" not in out.output and out.output.count(" summary\n") == 2
+
+
+def test_experiments_stand_until_the_pipeline_changes(tmp_path, monkeypatch):
+    """`ablate` counts an experiment of another commit as done when that commit's pipeline
+    (dvc.yaml, params.yaml, the stages' code) is this one's: a docs commit re-runs nothing, a
+    change to a file a stage depends on re-runs everything."""
+    import subprocess
+
+    from noisystudent.__main__ import _same_pipeline
+
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages/train.py").write_text("x = 1\n")
+    (tmp_path / "dvc.yaml").write_text("stages:\n  train:\n    cmd: python -m stages.train\n    deps: [stages/train.py, data]\n"
+                                       "  evaluate:\n    foreach: [a, b]\n    do:\n      cmd: echo\n      deps: [stages/train.py]\n")
+    (tmp_path / "params.yaml").write_text("a: 1\n")
+    (tmp_path / "README.md").write_text("v1\n")
+    git("init", "-q")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "add", "-A")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "one")
+    first = git("rev-parse", "HEAD")
+    monkeypatch.chdir(tmp_path)
+
+    def commit(path, text):
+        (tmp_path / path).write_text(text)
+        git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", path)
+
+    commit("README.md", "v2\n")
+    assert _same_pipeline(first, {})
+    for path, text in (("params.yaml", "a: 2\n"), ("stages/train.py", "x = 2\n")):
+        git("reset", "-q", "--hard", first)
+        commit(path, text)
+        assert not _same_pipeline(first, {}), path
