@@ -362,7 +362,7 @@ def readme_results(
 
 @cli.command("ablation-report")
 def ablation_report(
-    suites: Annotated[list[str], typer.Argument(help="suite names (see `ablate`)")],
+    suites: Annotated[list[str], typer.Argument(help="suite names (see `ablate`); `name:0,1,2` gives one suite its own seeds")],
     seed: Annotated[list[int], typer.Option(help="seeds the suites ran with; repeat the option")] = [0, 1, 2, 3, 4],
     out: Annotated[Path, typer.Option(help="folder for report.md and its plots (replaced whole)")] = Path("reports/ablations"),
     show_json: Annotated[Optional[Path], typer.Option(help="read this saved `dvc exp show --json` instead of running it")] = None,
@@ -375,8 +375,20 @@ def ablation_report(
     from .ablation import experiments_from_show
     from .ablation_report import build
 
+    names, seeds_for = [], {}
+    for item in suites:
+        name, _, given = item.partition(":")
+        names.append(name)
+        if given:
+            try:
+                seeds_for[name] = [int(x) for x in given.split(",")]
+            except ValueError:
+                raise typer.BadParameter(f"{item!r}: seeds after ':' are integers separated by commas, e.g. {name}:0,1,2") from None
     records = experiments_from_show(show_json.read_text()) if show_json else _experiments()
-    page = build(records, suites, seed, out, outcomes=_committed_outcomes)
+    try:
+        page = build(records, names, seed, out, outcomes=_committed_outcomes, seeds_for=seeds_for)
+    except KeyError as e:
+        raise typer.BadParameter(str(e).strip("'\"")) from None
     typer.echo(f"ablation report: {page}")
 
 

@@ -265,15 +265,23 @@ def suite_plot(frame: pd.DataFrame, suite: str, path: Path) -> Path | None:
     return None
 
 
-def build(records: list[dict], suites: list[str], seeds: list[int], out: Path, outcomes: Outcomes | None = None) -> Path:
-    """Write `out`/report.md (+ one PNG per plotted suite), replacing the folder whole."""
+def build(records: list[dict], suites: list[str], seeds: list[int], out: Path, outcomes: Outcomes | None = None,
+          seeds_for: dict[str, list[int]] | None = None) -> Path:
+    """Write `out`/report.md (+ one PNG per plotted suite, findings.png and findings.csv),
+    replacing the folder whole. `seeds_for` gives a suite other seeds than `seeds` (a long
+    suite run on fewer seeds first: the page says which)."""
     from .io import atomic_dir
 
     for s in suites:
         if s not in SUITES:
             raise KeyError(f"unknown suite {s!r}: one of {', '.join(SUITES)}")
+    seeds_of = {s: list((seeds_for or {}).get(s, seeds)) for s in suites}
+    groups: dict[str, list[str]] = {}
+    for s in suites:
+        groups.setdefault(str(seeds_of[s]), []).append(s)
+    which = "; ".join(", ".join(g) + f": seeds {k}" for k, g in groups.items())
     md = ["# Ablations", "",
-          f"Suites {', '.join(suites)}, seeds {seeds} (each seed: its own data split, training and balancing "
+          f"Suites {which} (each seed: its own data split, training and balancing "
           "draws). Every figure is the **last student's** test top-1 (the end of the chain, chosen before "
           "looking), as mean ± std over seeds; gains are in points; pseudo-label accuracy is that of the "
           "labels the last student learned from (hidden labels). Numbers come from each experiment's "
@@ -284,10 +292,10 @@ def build(records: list[dict], suites: list[str], seeds: list[int], out: Path, o
     rows = []
     with atomic_dir(out) as tmp:
         for s in suites:
-            frame, problems = collect(records, s, seeds, outcomes)
+            frame, problems = collect(records, s, seeds_of[s], outcomes)
             found = findings(frame, s)
             rows += [f.row() for f in found if f.comparison]
-            md += [f"## {s}", "", markdown_table(table(frame, s, seeds).to_dict("records")), "Findings:", "", *(f.line for f in found), ""]
+            md += [f"## {s}", "", markdown_table(table(frame, s, seeds_of[s]).to_dict("records")), "Findings:", "", *(f.line for f in found), ""]
             png = suite_plot(frame, s, tmp / f"{s}.png")
             if png is not None:
                 md += [f"![{s}]({png.name})", ""]
@@ -299,7 +307,13 @@ def build(records: list[dict], suites: list[str], seeds: list[int], out: Path, o
                     "teacher": "teacher top-1 %", "baseline": "baseline top-1 %", "acc": "last student top-1 %",
                     "pl_acc": "its pseudo-label acc %", "ece": "its ECE %"})
                 md += ["<details><summary>Per experiment</summary>", "", markdown_table(raw.to_dict("records")), "</details>", ""]
-        (tmp / "report.md").write_text("\n".join(md).rstrip() + "\n")
         # every finding's effect, interval and verdict as data: what the README's results block shows
-        pd.DataFrame(rows, columns=list(Finding("", "", "", "", None, "", "").row())).to_csv(tmp / "findings.csv", index=False)
+        found = pd.DataFrame(rows, columns=list(Finding("", "", "", "", None, "", "").row()))
+        found.to_csv(tmp / "findings.csv", index=False)
+        if len(found):
+            plots.effects(found.assign(label=found["suite"] + ": " + found["comparison"] + " (" + found["figure"] + ")"),
+                          tmp / "findings.png", "The paper's findings on this data")
+            # after the page's opening paragraph: every finding at a glance
+            md[4:4] = ["![every finding's effect with its 95 % interval](findings.png)", ""]
+        (tmp / "report.md").write_text("\n".join(md).rstrip() + "\n")
     return out / "report.md"

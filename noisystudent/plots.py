@@ -85,6 +85,41 @@ def accuracy_curve(t: pd.DataFrame, path: Path, xlabel: str, title: str, logx: b
     return _save(fig, path)
 
 
+def _effects_inches(n: int) -> tuple[float, float]:
+    return 10.0, 1.3 + 0.38 * max(n, 1)
+
+
+def effects_pixel_size(n: int) -> tuple[int, int]:
+    w, h = _effects_inches(n)
+    return round(w * DPI), round(h * DPI)
+
+
+VERDICT_COLOURS = {"supported": "tab:green", "contradicted": "tab:red", "not distinguishable at this size": "tab:gray"}
+
+
+def effects(found: pd.DataFrame, path: Path, title: str) -> Path:
+    """A forest plot of findings (`label`, `effect_points`, `ci_low`, `ci_high`, `verdict`):
+    each effect with its 95 % interval, coloured by verdict, against the line of no effect.
+    Findings that cannot be judged are left out (the report lists them)."""
+    plt = _plt()
+    f = found[found["verdict"].isin(list(VERDICT_COLOURS))].reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=_effects_inches(len(f)))
+    y = np.arange(len(f))[::-1]
+    for yi, r in zip(y, f.itertuples()):
+        lo, hi = (r.ci_low, r.ci_high) if np.isfinite(r.ci_low) else (r.effect_points, r.effect_points)
+        colour = VERDICT_COLOURS[r.verdict]
+        ax.plot([lo, hi], [yi, yi], color=colour, lw=2)
+        ax.plot([r.effect_points], [yi], "o", color=colour)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(y, [str(v) for v in f["label"]], fontsize=8)
+    ax.set(xlabel="effect (a - b), points of accuracy, with its 95 % interval", title=title, ylim=(-0.7, max(len(f), 1) - 0.3))
+    ax.grid(axis="x", alpha=0.3)
+    for verdict, colour in VERDICT_COLOURS.items():
+        ax.plot([], [], "o-", color=colour, label=verdict)
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)
+
+
 def confusion(cm: np.ndarray, path: Path, title: str) -> Path:
     plt = _plt()
     k = len(cm)

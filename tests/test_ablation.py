@@ -1,6 +1,7 @@
 """Ablation suites: the -S overrides each expands to, reading `dvc exp show --json`, and the
 report builder on a small fixture of experiment results, with a missing and a failed run."""
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -355,3 +356,20 @@ def test_experiments_stand_until_the_pipeline_changes(tmp_path, monkeypatch):
         git("reset", "-q", "--hard", first)
         commit(path, text)
         assert not _same_pipeline(first, {}), path
+
+
+def test_report_gives_a_suite_its_own_seeds_and_draws_the_findings(tmp_path):
+    """A long suite run on fewer seeds first is reported on those (the page says which), and
+    every judged finding is drawn with its interval (findings.png)."""
+    from PIL import Image
+
+    from noisystudent import plots
+
+    recs = experiments_from_show(show_fixture())
+    page = build(recs, ["noise", "iterations"], SEEDS, tmp_path / "abl", seeds_for={"iterations": [1, 2]}).read_text()
+    assert "Suites noise: seeds [0, 1, 2]; iterations: seeds [1, 2]" in page
+    assert re.search(r"\| chain +\| 2/2 +\|", page) and "![every finding's effect with its 95 % interval](findings.png)" in page
+    found = pd.read_csv(tmp_path / "abl/findings.csv")
+    judged = found[found["verdict"] != "cannot be judged"]
+    assert len(judged) == 5 and set(found[found["suite"] == "iterations"]["seeds"]) == {2}
+    assert Image.open(tmp_path / "abl/findings.png").size == plots.effects_pixel_size(len(judged))
