@@ -178,7 +178,7 @@ DEFAULT_TESTS = ("tests/test_train.py tests/test_pseudo.py tests/test_transforms
                  "tests/test_shards.py::test_select_out_of_core_equals_in_memory_balance "
                  "tests/test_shards.py::test_select_ablations_unbalanced_and_fraction "
                  "tests/test_pipeline.py::test_hard_targets_are_one_hot "
-                 "tests/test_pipeline.py::test_noised_teacher_ablation_turns_the_teachers_dropout_on "
+                 "tests/test_pipeline.py::test_noised_teacher_model_has_its_training_dropout_on "
                  "tests/test_mechanics.py -m 'not slow'")
 
 

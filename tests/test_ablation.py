@@ -73,7 +73,7 @@ def fake_run(seed, acc, teacher=0.80, baseline=0.84, pl=0.9, per=(0.85, 0.87)):
     names = [f"s{i + 1}" for i in range(len(accs))]
     metrics = {"metrics/summary.json": {"teacher_test_acc": teacher, "baseline_test_acc": baseline,
                                         "test_acc": dict(zip(names, accs)), "test_ece": {n: 0.2 for n in names},
-                                        "pseudo_label_acc": {"s3": pl}}}
+                                        "pseudo_label_acc": {"s3": pl}, "oracle_test_acc": 0.98, "best_student_test_acc": max(accs)}}
     return params, metrics
 
 
@@ -373,3 +373,16 @@ def test_report_gives_a_suite_its_own_seeds_and_draws_the_findings(tmp_path):
     judged = found[found["verdict"] != "cannot be judged"]
     assert len(judged) == 5 and set(found[found["suite"] == "iterations"]["seeds"]) == {2}
     assert Image.open(tmp_path / "abl/findings.png").size == plots.effects_pixel_size(len(judged))
+
+
+def test_report_opens_with_the_default_recipe_over_its_seeds(tmp_path):
+    """Every model of the default experiments as mean ± std, and the best student's distance
+    to the oracle and gain over the baseline with an interval over seeds."""
+    page = build(experiments_from_show(show_fixture()), ["noise"], SEEDS, tmp_path / "abl").read_text()
+    section = page[page.index("## The default recipe"):page.index("## noise")]
+    cells = {c[0]: c[1] for c in ([x.strip() for x in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("| "))}
+    assert cells["teacher"] == "80.00 ± 0.00" and cells["s3"] == "89.00 ± 1.00" and cells["oracle"] == "98.00 ± 0.00"
+    assert cells["best student (chosen on validation)"] == "89.00 ± 1.00" and cells["baseline"] == "84.00 ± 0.00"
+    # oracle - best: 10, 9, 8; best - baseline: 4, 5, 6 (t interval, 2 degrees of freedom: 2.484 points either side)
+    assert "the oracle − the best student +9.00 points [95 % CI +6.52, +11.48]" in section
+    assert "the best student − the supervised baseline +5.00 points [95 % CI +2.52, +7.48]" in section
