@@ -350,6 +350,7 @@ def readme_results(
             "experiments, the last student's test top-1 unless said; the effect is a − b in points with its 95 % "
             "interval from a paired bootstrap over seeds and test images; **supported** only when the interval "
             "excludes 0 in the paper's direction):", "", findings_table(pd.read_csv(findings)).to_markdown(index=False), "",
+            f"![every finding's effect with its 95 % interval]({findings.with_suffix('.png').as_posix()})", "",
             "Written by `python -m noisystudent readme-results`; the per-candidate table is in "
             "[reports/tuning/report.md](reports/tuning/report.md), every ablation with its per-seed figures in "
             "[reports/ablations/report.md](reports/ablations/report.md)."]

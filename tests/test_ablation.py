@@ -249,6 +249,7 @@ def test_readme_results_block_is_written_from_the_tuning_runs(tmp_path):
     assert ["noise", "full − no-noise", "test top-1", "+3.00 [+3.00, +3.00]", "3", "supported"] in [c[:1] + c[2:] for c in cells]
     assert ["full − no-dropout", "+0.25 [-9.28, +9.78]", "2", "not distinguishable at this size"] in [c[2:3] + c[4:] for c in cells]
     assert ["full − teacher-noised", "n/a", "0", "cannot be judged"] in [c[2:3] + c[4:] for c in cells]
+    assert f"]({(tmp_path / 'findings.png').as_posix()})" in text  # the picture beside the table
     readme.write_text("no markers\n")
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 1 and "markers" in r.output and readme.read_text() == "no markers\n"
