@@ -193,10 +193,10 @@ def newest_by_name(records: list[dict]) -> dict[str, dict]:
     """One record per experiment name: the newest run of it. A name re-run on a later commit
     (changed code) supersedes the earlier run; one still queued or running (no timestamp yet)
     supersedes every finished one, so a report never mixes in the result it is replacing."""
+    def age(r: dict) -> tuple[bool, str]:  # pending sorts after every timestamp
+        return not r.get("timestamp"), r.get("timestamp") or ""
+
     out: dict[str, dict] = {}
-    for r in records:
-        key = (not r.get("timestamp"), r.get("timestamp") or "")
-        old = out.get(r["name"])
-        if old is None or key > (not old.get("timestamp"), old.get("timestamp") or ""):
-            out[r["name"]] = r
+    for r in sorted(records, key=age, reverse=True):  # stable: of equal ages, the first listed
+        out.setdefault(r["name"], r)
     return out
