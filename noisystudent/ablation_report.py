@@ -204,11 +204,17 @@ def findings(frame: pd.DataFrame, suite: str) -> list[Finding]:
                                "(mean over seeds)."))
         return out
     if suite == "pseudo":
+        # the paper studies soft vs hard only; threshold 0.3 and T = 1 are its settings, not findings
         return [claim("Soft pseudo labels beat hard ones (the paper: soft work better, most clearly out of domain)", "soft", "hard"),
-                claim("A confidence filter helps (threshold 0.3 vs none)", "soft", "threshold-0")]
+                claim("A confidence filter helps, threshold 0.3 vs none (the paper filters at 0.3)", "soft", "threshold-0"),
+                claim("Threshold 0.3 beats a stricter 0.5 (the paper uses 0.3, no other value reported)", "soft", "threshold-0.5"),
+                claim("Threshold 0.3 beats a stricter 0.7 (as above)", "soft", "threshold-0.7"),
+                claim("Targets at T = 1 beat sharper ones, T = 0.5 (every official script uses T = 1)", "soft", "temperature-0.5"),
+                claim("Targets at T = 1 beat flatter ones, T = 2 (as above)", "soft", "temperature-2")]
     if suite == "data":
         return [claim("Balancing helps (the paper: for small models)", "balanced", "unbalanced"),
-                claim("All of the unlabeled data beats half of it (the paper: more unlabeled data helps)", "balanced", "fraction-1/2"),
+                *[claim(f"All of the unlabeled data beats 1/{d} of it (the paper: more unlabeled data helps)", "balanced",
+                        f"fraction-1/{d}") for d in (2, 4, 8, 16)],
                 claim("A larger unlabeled:labeled batch ratio helps (3 vs 1)", "balanced", "ratio-1"),
                 claim("... and 5 vs 3", "ratio-5", "balanced")]
     if suite == "model":
