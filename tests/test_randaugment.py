@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 import timm.data.auto_augment as A
+from noisystudent import lut_ops as L
 from noisystudent import randaugment as R
 from noisystudent.transforms import RandAugment
 
@@ -156,3 +157,41 @@ def test_op_frequencies_are_uniform_and_every_op_is_applied():
 def test_bad_batch_is_refused():
     with pytest.raises(ValueError, match="uint8"):
         R.apply(torch.zeros(2, 1, 4, 4), [[("Invert", None, None)]] * 2)
+
+
+LUT_CASES = [(name, arg) for name in L.OPS for arg in ARGS.get(name, [None])]
+
+
+@pytest.mark.parametrize("name,arg", LUT_CASES)
+@pytest.mark.parametrize("shape", [(1, 16, 16), (3, 12, 20)])
+def test_numpy_lookup_table_ops_equal_timms_pixel_for_pixel(name, arg, shape):
+    """The PIL path's fast lookup-table ops (lut_ops.py) against timm's own, image by image."""
+    a = images(*shape)
+    got = pil_reference(a, L.OPS[name], arg, None)
+    ref = pil_reference(a, REFERENCE[name], arg, None)
+    assert torch.equal(got, ref), f"{name}({arg}): {(got != ref).sum().item()} pixels differ"
+
+
+def test_numpy_autocontrast_and_equalize_over_every_level_range():
+    pairs = [(lo, hi) for lo in range(0, 256, 3) for hi in range(lo + 1, 256, 2)]
+    a = np.zeros((len(pairs), 16, 16, 1), dtype=np.uint8)
+    for k, (lo, hi) in enumerate(pairs):
+        a[k, ..., 0].flat[:] = np.linspace(lo, hi, 256).round().astype(np.uint8)
+    for name in ("AutoContrast", "Equalize"):
+        got, ref = pil_reference(a, L.OPS[name], None, None), pil_reference(a, REFERENCE[name], None, None)
+        assert torch.equal(got, ref), (name, int((got != ref).flatten(1).any(1).sum()), "images differ")
+
+
+def test_pil_path_uses_the_numpy_tables_and_other_modes_fall_back_to_timm():
+    ra = RandAugment(2, 9)
+    assert {op.name for op in ra.ops if op.aug_fn is L.OPS.get(op.name)} == set(L.OPS)
+    rgba = Image.fromarray(images(3, 8, 8)[3]).convert("RGBA")  # not a mode prepare writes: timm's op, whatever it does
+
+    def outcome(fn, *args):
+        try:
+            return fn(rgba, *args).tobytes()
+        except Exception as e:  # noqa: BLE001  (PIL refuses some ops on RGBA: the same refusal)
+            return type(e), str(e)
+    for name, arg in LUT_CASES:
+        args = [arg] if arg is not None else []
+        assert outcome(L.OPS[name], *args) == outcome(REFERENCE[name], *args), name
