@@ -3,8 +3,10 @@
 The real loop is `noisystudent.train.fit` on the prepared digits exactly as a student trains
 (labeled + pseudo-labeled batches, RandAugment in PIL or batched (`--augment`), the default student noise); the
 bare loop is the same model, optimizer and batch shapes on random tensors already in memory,
-the loop's own ceiling. Both run in this process, one after the other, `--repeats` times
-interleaved; prints JSON with images/s of each and their ratio (median).
+the loop's own ceiling. Both run in this process, back to back (in alternating order), `--repeats`
+times, each timed over `--steps` steps after 5 untimed ones (the real loop from its log at step 5,
+so a run's set-up is not counted); prints JSON with images/s of each and the median of the
+pairs' ratios, the figure to read on a machine whose speed drifts.
 
     python benchmarks/train_speed.py                      # default student, default batch
     python benchmarks/train_speed.py --arch ns_resnet_s --batch-size 64
@@ -30,6 +32,9 @@ sys.path.insert(0, str(ROOT))
 from synthetic import synthetic_prepared  # noqa: E402  (benchmarks/synthetic.py)
 
 
+WARMUP = 5  # untimed first steps of either loop
+
+
 def bare_loop(model, batch: int, chans: int, size: int, classes: int, steps: int, rt) -> float:
     """images/s of forward + backward + SGD step on tensors already in memory (on the device),
     with the same precision and memory format as the real loop."""
@@ -40,8 +45,8 @@ def bare_loop(model, batch: int, chans: int, size: int, classes: int, steps: int
     x = rt.input(torch.randn(batch, chans, size, size))
     y = torch.softmax(torch.randn(batch, classes, device=rt.device), 1)
     model.train()
-    for i in range(steps + 5):
-        if i == 5:  # warm-up outside the timing
+    for i in range(steps + WARMUP):
+        if i == WARMUP:  # warm-up outside the timing
             rt.synchronize()
             t0 = time.perf_counter()
         with rt.autocast():
@@ -70,18 +75,21 @@ def real_loop(p, data_dir: Path, image_size: int | None, arch: str, batch: int, 
     probs = np.full((len(unl), d.num_classes), 1.0 / d.num_classes, dtype=np.float32)
     pseudo = D.ImageDataset(d.images, unl["id"].to_numpy(), probs, tf)
     model = create_model(arch, d.num_classes, d.in_chans, p.noise.dropout, p.noise.drop_path)
-    fc = FitConfig(steps=steps, batch_size=batch, lr=0.01, batch_ratio=ratio, log_every=10**9, ema_decay=ema_decay)
-    fit(model, labeled, FitConfig(steps=5, batch_size=batch, lr=0.01, batch_ratio=ratio), pseudo, rt=rt)  # warm-up
-    t0 = time.perf_counter()
-    fit(model, labeled, fc, pseudo, rt=rt)  # ends with a read of the running sums: the device has finished
-    return steps * batch * (1 + ratio) / (time.perf_counter() - t0)
+    # timed from the end of step WARMUP to the last step, as the bare loop: the steady state, not
+    # the set-up of a run (loaders, EMA copy) that a real run of thousands of steps amortises.
+    # Each log reads the running sums, so the device has finished the steps it reports.
+    fc = FitConfig(steps=WARMUP + steps, batch_size=batch, lr=0.01, batch_ratio=ratio, log_every=WARMUP, ema_decay=ema_decay)
+    marks: list[tuple[int, float]] = []  # (step, time) at each log
+    fit(model, labeled, fc, pseudo, on_log=lambda step, *_: marks.append((step, time.perf_counter())), rt=rt)
+    (s0, t0), (s1, t1) = marks[0], marks[-1]
+    return (s1 - s0) * batch * (1 + ratio) / (t1 - t0)
 
 
 def main(
     arch: Annotated[Optional[str], typer.Option(help="model (default: the last iteration's in params.yaml)")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="labeled batch (default: train.batch_size)")] = None,
-    steps: int = 60,
-    repeats: int = 3,
+    steps: Annotated[int, typer.Option(help="timed steps of each loop, per repeat")] = 30,
+    repeats: Annotated[int, typer.Option(help="real/bare pairs, back to back (the figure: their median ratio)")] = 15,
     precision: Annotated[str, typer.Option(help="fp32 | bf16 | fp16 | mixed (both loops)")] = "fp32",
     channels_last: bool = False,
     compile: bool = False,
@@ -117,10 +125,12 @@ def main(
     rt = runtime(device, precision, channels_last, workers, compile)
     ema = p.train.ema_decay if ema_decay is None else ema_decay
     real, bare = [], []
-    for _ in range(repeats):
-        real.append(real_loop(p, data, image_size, arch, batch, ratio, steps, rt, ema, augment == "batched"))
+    for i in range(repeats):
+        run_real = lambda: real.append(real_loop(p, data, image_size, arch, batch, ratio, steps, rt, ema, augment == "batched"))  # noqa: E731
         model = create_model(arch, d.num_classes, d.in_chans, p.noise.dropout, p.noise.drop_path)
-        bare.append(bare_loop(model, batch * (1 + ratio), d.in_chans, size, d.num_classes, steps, rt))
+        run_bare = lambda: bare.append(bare_loop(model, batch * (1 + ratio), d.in_chans, size, d.num_classes, steps, rt))  # noqa: E731
+        for run in ((run_real, run_bare) if i % 2 == 0 else (run_bare, run_real)):  # alternate: drift cancels
+            run()
         print(json.dumps({"real_images_per_s": round(real[-1], 1), "bare_images_per_s": round(bare[-1], 1)}), flush=True)
     r, b = statistics.median(real), statistics.median(bare)
     print(json.dumps({"arch": arch, "batch": f"{batch} labeled + {batch * ratio} pseudo", "threads": torch.get_num_threads(),
