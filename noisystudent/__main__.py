@@ -161,15 +161,25 @@ def _queue_args(run, mlflow: bool) -> list[str]:
             *EXPERIMENT_TARGETS]
 
 
-def _queue_tasks() -> dict[str, tuple[str, str]]:
-    """`dvc queue status` as task id -> (experiment name, status). Names repeat across commits
-    (the same experiment re-run on new code): only task ids tell this call's runs apart."""
+POLL_S = 20  # seconds between two looks at the queue while `ablate` waits
+
+
+def _queue_status() -> tuple[dict[str, tuple[str, str]], int]:
+    """`dvc queue status` as (task id -> (experiment name, status), active workers). Names repeat
+    across commits (the same experiment re-run on new code): only task ids tell this call's
+    runs apart."""
+    text = _dvc("queue", "status")
     out = {}
-    for line in _dvc("queue", "status").splitlines():
+    for line in text.splitlines():
         cols = line.split()
         if len(cols) >= 4 and cols[0] != "Task" and re.fullmatch(r"[0-9a-f]{7,}", cols[0]):
             out[cols[0]] = (cols[1], cols[-1])
-    return out
+    active = re.search(r"Worker status: (\d+) active", text)
+    return out, int(active.group(1)) if active else 0
+
+
+def _queue_tasks() -> dict[str, tuple[str, str]]:
+    return _queue_status()[0]
 
 
 def _same_pipeline(rev: str, _known: dict = {}) -> bool:
@@ -226,22 +236,36 @@ def _run_queue(runs, what: str, jobs: int, start: bool = True, mlflow: bool = Tr
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
     # `dvc queue start` may stay in the foreground until the queue is empty: poll beside it; workers
     # left running by an earlier call take up what is queued, so none are started beside them
-    active = re.search(r"Worker status: (\d+) active", _dvc("queue", "status"))
-    starter = subprocess.Popen([sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) if not (active and int(active.group(1))) else None
+    def start_workers():
+        return subprocess.Popen([sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    starters = [] if _queue_status()[1] else [start_workers()]
+    short = 0  # polls in a row with fewer workers than --jobs while tasks of this call wait
     with progress("ablate", total=len(tasks), unit="exp") as bar:
         finished: dict[str, str] = {}
         while len(finished) < len(tasks):
-            time.sleep(20)
-            if starter is not None and starter.poll() not in (None, 0):
-                raise typer.BadParameter(f"dvc queue start failed ({starter.returncode}): {starter.stderr.read()[-2000:]}")
+            time.sleep(POLL_S)
+            for st in starters:
+                if st.poll() not in (None, 0):
+                    raise typer.BadParameter(f"dvc queue start failed ({st.returncode}): {st.stderr.read()[-2000:]}")
             # `dvc queue status` is cheap (no experiment collection) and sees every baseline commit
-            for t, (n, st) in _queue_tasks().items():
+            now, workers = _queue_status()
+            for t, (n, st) in now.items():
                 if t in tasks and t not in finished and st.lower() in ("success", "failed"):
                     finished[t] = st.lower()
                     bar.advance()
-    if starter is not None:
-        starter.wait()
+            waiting_tasks = any(t in tasks and st.lower() == "queued" for t, (_, st) in now.items())
+            short = short + 1 if waiting_tasks and workers < jobs else 0
+            if short >= 2:  # twice in a row: not a worker still starting up
+                # a worker can die between tasks (kombu's filesystem transport reading a message
+                # file another worker is writing: JSONDecodeError in .dvc/tmp/exps/celery/*.out)
+                typer.echo(f"{jobs - workers} of {jobs} queue workers stopped (.dvc/tmp/exps/celery/*.out says why); "
+                           "starting them again")
+                starters.append(start_workers())
+                short = 0
+    for st in starters:
+        st.wait()
     failed = sorted(tasks[t] for t, s in finished.items() if s == "failed")
     typer.echo(f"{len(tasks)} experiments in {time.time() - t0:.0f} s; failed: {', '.join(failed) or 'none'}"
                + ("  (`dvc queue logs <name>` shows why)" if failed else ""))

@@ -387,3 +387,58 @@ def test_report_opens_with_the_default_recipe_over_its_seeds(tmp_path):
     # oracle - best: 10, 9, 8; best - baseline: 4, 5, 6 (t interval, 2 degrees of freedom: 2.484 points either side)
     assert "the oracle − the best student +9.00 points [95 % CI +6.52, +11.48]" in section
     assert "the best student − the supervised baseline +5.00 points [95 % CI +2.52, +7.48]" in section
+
+
+def test_ablate_starts_queue_workers_again_when_one_dies(monkeypatch):
+    """A queue worker can die between tasks (kombu's filesystem transport): while tasks of this
+    call wait with fewer workers than --jobs for two looks in a row, `ablate` starts workers
+    again, and it still waits for every one of its tasks."""
+    import noisystudent.__main__ as M
+    from noisystudent.ablation import expand
+
+    runs = expand("schedule", [7])  # default-seed7, finetune-seed7
+    queued: list[str] = []
+    # the queue as `dvc queue status` shows it at each look: (task states, active workers)
+    looks = iter([({"aaaa111": "Queued", "bbbb222": "Queued"}, 2), ({"aaaa111": "Running", "bbbb222": "Queued"}, 2),
+                  ({"aaaa111": "Success", "bbbb222": "Queued"}, 1), ({"aaaa111": "Success", "bbbb222": "Queued"}, 1),  # a worker died
+                  ({"aaaa111": "Success", "bbbb222": "Running"}, 2), ({"aaaa111": "Success", "bbbb222": "Success"}, 1)])
+    state = {"now": ({}, 0)}
+
+    def fake_dvc(*args, check=True):
+        if args[:2] == ("exp", "show"):
+            return "[]"
+        if args[:2] == ("exp", "run"):
+            queued.append(args[args.index("-n") + 1])
+            if len(queued) == len(runs):  # both queued: the first look follows
+                state["now"] = next(looks)
+            return ""
+        assert args == ("queue", "status"), args
+        tasks, workers = state["now"]
+        names = dict(zip(("aaaa111", "bbbb222"), (r.name for r in runs)))
+        lines = ["Task     Name    Created    Status"] + [f"{t}  {names[t]}  05:26 AM  {st}" for t, st in tasks.items()]
+        return "\n".join(lines + ["", f"Worker status: {workers} active, 0 idle"])
+
+    started = []
+
+    class FakePopen:
+        def __init__(self, cmd, **kw):
+            started.append(cmd)
+            self.returncode = 0
+
+        def poll(self):
+            return None
+
+        def wait(self):
+            return 0
+
+    def advance(_):  # each sleep, the next look at the queue
+        state["now"] = next(looks, state["now"])
+
+    monkeypatch.setattr(M, "_dvc", fake_dvc)
+    monkeypatch.setattr(M, "POLL_S", 0)
+    monkeypatch.setattr("subprocess.Popen", FakePopen)
+    monkeypatch.setattr("time.sleep", advance)
+    M._run_queue(runs, "schedule", jobs=2, mlflow=False)
+    assert queued == [r.name for r in runs]
+    # workers were active when it began (none started then); one restart after the two short looks
+    assert len(started) == 1 and started[0][-3:] == ["start", "-j", "2"], started
