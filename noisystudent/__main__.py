@@ -151,14 +151,23 @@ def ablate(
         raise typer.BadParameter(str(e).strip("'\"")) from None
     if dry_run:
         for r in runs:
-            typer.echo(" ".join(["dvc", "exp", "run", *_queue_args(r, mlflow)]))
+            typer.echo(" ".join(["dvc", "exp", "run", *_queue_args(r, mlflow, jobs)]))
         return
     _run_queue(runs, f"{', '.join(suites)} x seeds {seed}", jobs, start, mlflow)
 
 
-def _queue_args(run, mlflow: bool) -> list[str]:
-    return ["--queue", "-n", run.name, *run.set_args(), *([] if mlflow else ["-S", "mlflow.enabled=false"]),
-            *EXPERIMENT_TARGETS]
+def _threads(jobs: int) -> int:
+    """torch threads per queue worker: the cores shared out."""
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def _queue_args(run, mlflow: bool, jobs: int) -> list[str]:
+    # the thread count changes the numbers (the order of float sums) and DVC's run cache keys on
+    # params, not on the environment: with `train.num_threads: 0` (torch's default) an experiment
+    # could restore a stage a `dvc repro` ran with another thread count. Set, it is part of the key
+    # and shows in `dvc exp show`.
+    return ["--queue", "-n", run.name, *run.set_args(), "-S", f"train.num_threads={_threads(jobs)}",
+            *([] if mlflow else ["-S", "mlflow.enabled=false"]), *EXPERIMENT_TARGETS]
 
 
 POLL_S = 20  # seconds between two looks at the queue while `ablate` waits
@@ -224,7 +233,7 @@ def _run_queue(runs, what: str, jobs: int, start: bool = True, mlflow: bool = Tr
     names = {r.name for r in waiting}
     before = _queue_tasks()
     for r in todo:
-        _dvc("exp", "run", *_queue_args(r, mlflow))
+        _dvc("exp", "run", *_queue_args(r, mlflow, jobs))
     if not start or not waiting:
         return
     # this call's tasks: the ones it queued, and those of these names an earlier call left pending
@@ -233,7 +242,7 @@ def _run_queue(runs, what: str, jobs: int, start: bool = True, mlflow: bool = Tr
     t0 = time.time()
     if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
         # workers inherit this: each takes its share of the cores instead of all of them
-        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+        os.environ["OMP_NUM_THREADS"] = str(_threads(jobs))
     # `dvc queue start` may stay in the foreground until the queue is empty: poll beside it; workers
     # left running by an earlier call take up what is queued, so none are started beside them
     def start_workers():

@@ -309,19 +309,24 @@ def test_teacher_and_schedule_suites_and_their_findings():
     assert "Joint training beats" in line and "**contradicted**. joint − finetune: -2.00 points" in line
 
 
-def test_ablate_runs_each_experiment_up_to_the_summary(tmp_path):
-    """The queued line: the variant's overrides, the seed keys, MLflow off when asked, and the
-    target `summary` (what every report reads; galleries and the run page are left unbuilt)."""
+def test_ablate_runs_each_experiment_up_to_the_summary(tmp_path, monkeypatch):
+    """The queued line: the variant's overrides, the seed keys, the worker's torch threads (they
+    change the numbers, and DVC's run cache keys on params: set, an experiment never restores a
+    stage run with another count), MLflow off when asked, and the target `summary` (what every
+    report reads; galleries and the run page are left unbuilt)."""
     from typer.testing import CliRunner
 
     from noisystudent.__main__ import cli
 
-    out = CliRunner().invoke(cli, ["ablate", "schedule", "--seed", "3", "--dry-run", "--no-mlflow"])
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    out = CliRunner().invoke(cli, ["ablate", "schedule", "--seed", "3", "--dry-run", "--no-mlflow", "--jobs", "2"])
     assert out.exit_code == 0, out.output
     lines = out.output.strip().splitlines()
-    assert lines == ["dvc exp run --queue -n default-seed3 -S data.seed=3 -S select.seed=3 -S train.seed=3 -S mlflow.enabled=false summary",
+    assert lines == ["dvc exp run --queue -n default-seed3 -S data.seed=3 -S select.seed=3 -S train.seed=3 -S train.num_threads=4 "
+                     "-S mlflow.enabled=false summary",
                      "dvc exp run --queue -n finetune-seed3 -S data.seed=3 -S select.seed=3 -S student.schedule=finetune -S train.seed=3 "
-                     "-S mlflow.enabled=false summary"]
+                     "-S train.num_threads=4 -S mlflow.enabled=false summary"]
+    assert "-S train.num_threads=8 " in CliRunner().invoke(cli, ["ablate", "schedule", "--seed", "3", "--dry-run"]).output
     out = CliRunner().invoke(cli, ["ablate", "schedule", "--seed", "3", "--dry-run"])
     assert "mlflow.enabled" not in out.output and out.output.count(" summary\n") == 2
 
@@ -442,3 +447,31 @@ def test_ablate_starts_queue_workers_again_when_one_dies(monkeypatch):
     assert queued == [r.name for r in runs]
     # workers were active when it began (none started then); one restart after the two short looks
     assert len(started) == 1 and started[0][-3:] == ["start", "-j", "2"], started
+
+
+def test_a_suite_compares_its_variants_with_the_default_run_of_their_commit():
+    """The shared default is run again on every pipeline change (and may then restore stages made
+    with another thread count): a suite pairs its variants with the default run made on their
+    commit; a suite with no variant run there (or only the default) reads the newest."""
+    from noisystudent.ablation import suite_records
+
+    def base(rev, exps):
+        return {"rev": rev, "name": None, "data": None, "error": None, "experiments": exps}
+
+    def exp(name, acc, ts):
+        p, m = fake_run(0, acc)
+        e = exp_state(name, p, m)
+        e["data"]["timestamp"] = ts
+        return {"revs": [e], "executor": {"state": "success"}, "name": name}
+
+    old, new = "a" * 40, "b" * 40
+    show = [base(new, [exp("default-seed0", 0.91, "2026-12-02T03:00:00"), exp("equal-seed0", 0.90, "2026-12-02T04:00:00")]),
+            base(old, [exp("default-seed0", 0.88, "2026-12-01T03:00:00"), exp("hard-seed0", 0.90, "2026-12-01T04:00:00")])]
+    recs = experiments_from_show(json.dumps(show))
+
+    def default_of(suite):
+        (rec,) = [r for v, s, n, r in suite_records(recs, suite, [0]) if n == "default-seed0"]
+        return rec["baseline"]
+    assert default_of("pseudo") == old  # hard-seed0 ran on the old commit
+    assert default_of("model") == new  # equal-seed0 on the new one
+    assert default_of("iterations") == new and default_of("noise") == new  # no variant run: the newest
