@@ -126,21 +126,30 @@ def expand(suite: str, seeds: list[int]) -> list[Run]:
             for v in SUITES[suite] for s in seeds]
 
 
+def _teacher_of(rec: dict) -> tuple:
+    """What identifies the teacher an experiment trained or restored: its test figures."""
+    m = rec.get("metrics") or {}
+    return m.get("metrics/summary.json:teacher_test_acc"), m.get("metrics/summary.json:test_ece.teacher")
+
+
 def suite_records(records: list[dict], suite: str, seeds: list[int]):
     """(variant, seed, experiment name, its record or None) for every variant x seed of `suite`,
     in suite order: the lookup every report over a suite starts from. Each variant's newest run;
-    the shared default (`default-seed<N>`, run again on every pipeline change) is the run made
-    on the commit the suite's other variants of that seed ran on, when there is one: a variant
-    and the default it is compared with then come from one pipeline and one run cache (a later
-    default may restore its stages from a run made with another thread count, whose numbers
-    differ), else the newest."""
+    the shared default (`default-seed<N>`, run again on every pipeline change) is the run whose
+    teacher is the one the suite's other variants of that seed learned from (the same figures;
+    then the same commit; then the newest): a later default may have restored its stages from a
+    run made with another thread count, whose numbers differ, and a comparison must share
+    everything upstream of what it varies."""
     by_name = newest_by_name(records)
     for s in seeds:
-        commits = {by_name[n].get("baseline") for n in (experiment_name(v, s) for v in SUITES[suite] if v.overrides) if n in by_name}
+        others = [by_name[n] for n in (experiment_name(v, s) for v in SUITES[suite] if v.overrides) if n in by_name]
         default = experiment_name(Variant("default", {}, ""), s)
-        same = [r for r in records if r["name"] == default and r["status"] == "success" and commits == {r.get("baseline")}]
-        if same:
-            by_name = {**by_name, default: newest_by_name(same)[default]}
+        runs = [r for r in records if r["name"] == default and r["status"] == "success"]
+        if others and runs:
+            def fit(r: dict) -> tuple:
+                return (sum(_teacher_of(o) == _teacher_of(r) for o in others),
+                        sum(o.get("baseline") == r.get("baseline") for o in others), r.get("timestamp") or "")
+            by_name = {**by_name, default: max(runs, key=fit)}
     for v in SUITES[suite]:
         for s in seeds:
             name = experiment_name(v, s)

@@ -449,29 +449,32 @@ def test_ablate_starts_queue_workers_again_when_one_dies(monkeypatch):
     assert len(started) == 1 and started[0][-3:] == ["start", "-j", "2"], started
 
 
-def test_a_suite_compares_its_variants_with_the_default_run_of_their_commit():
-    """The shared default is run again on every pipeline change (and may then restore stages made
-    with another thread count): a suite pairs its variants with the default run made on their
-    commit; a suite with no variant run there (or only the default) reads the newest."""
+def test_a_suite_compares_its_variants_with_the_default_run_they_share_a_teacher_with():
+    """The shared default is run again on every pipeline change and may then restore stages made
+    with another thread count (another teacher): a suite pairs its variants with the default run
+    whose teacher they learned from, then the one of their commit; with no variant run (or only
+    the default) it reads the newest."""
     from noisystudent.ablation import suite_records
 
     def base(rev, exps):
         return {"rev": rev, "name": None, "data": None, "error": None, "experiments": exps}
 
-    def exp(name, acc, ts):
-        p, m = fake_run(0, acc)
+    def exp(name, acc, ts, teacher):
+        p, m = fake_run(0, acc, teacher=teacher)
         e = exp_state(name, p, m)
         e["data"]["timestamp"] = ts
         return {"revs": [e], "executor": {"state": "success"}, "name": name}
 
-    old, new = "a" * 40, "b" * 40
-    show = [base(new, [exp("default-seed0", 0.91, "2026-12-02T03:00:00"), exp("equal-seed0", 0.90, "2026-12-02T04:00:00")]),
-            base(old, [exp("default-seed0", 0.88, "2026-12-01T03:00:00"), exp("hard-seed0", 0.90, "2026-12-01T04:00:00")])]
+    old, mid, new = "a" * 40, "c" * 40, "b" * 40
+    show = [base(new, [exp("default-seed0", 0.91, "2026-12-02T03:00:00", 0.8225), exp("equal-seed0", 0.90, "2026-12-02T04:00:00", 0.8225)]),
+            base(mid, [exp("finetune-seed0", 0.90, "2026-12-01T05:00:00", 0.82)]),  # no default on its commit
+            base(old, [exp("default-seed0", 0.88, "2026-12-01T03:00:00", 0.82), exp("hard-seed0", 0.90, "2026-12-01T04:00:00", 0.82)])]
     recs = experiments_from_show(json.dumps(show))
 
     def default_of(suite):
         (rec,) = [r for v, s, n, r in suite_records(recs, suite, [0]) if n == "default-seed0"]
         return rec["baseline"]
-    assert default_of("pseudo") == old  # hard-seed0 ran on the old commit
-    assert default_of("model") == new  # equal-seed0 on the new one
+    assert default_of("pseudo") == old  # hard-seed0 learned from the old default's teacher
+    assert default_of("schedule") == old  # finetune-seed0 too, though run on a third commit
+    assert default_of("model") == new  # equal-seed0 from the new one's
     assert default_of("iterations") == new and default_of("noise") == new  # no variant run: the newest
