@@ -13,7 +13,9 @@ argument, autocontrast's once per (lowest, highest) level, and every table is ap
 NumPy, with PIL's arithmetic; tests/test_randaugment.py compares each op with timm's, pixel
 for pixel (tolerance 0).
 
-Only modes L and RGB (what `prepare` writes) take this path; any other mode gets timm's op.
+Only small images take this path (at most 64x64 pixels: on larger ones the copies in and out of
+NumPy cost more than PIL's Python loops, and PIL's C loops win, benchmarks/augment_speed.py),
+in modes L and RGB (what `prepare` writes); anything else gets timm's op.
 Each function takes timm's arguments (`AugmentOp` calls `aug_fn(img, *args, **kwargs)`).
 """
 from __future__ import annotations
@@ -25,6 +27,11 @@ from PIL import Image
 from timm.data import auto_augment as timm_ops
 
 _BANDS = {"L": 1, "RGB": 3}
+_MAX_PIXELS = 64 * 64
+
+
+def _fast(img: Image.Image) -> bool:
+    return img.mode in _BANDS and img.width * img.height <= _MAX_PIXELS
 
 
 def _pixels(img: Image.Image) -> np.ndarray:
@@ -88,21 +95,21 @@ def _stretch(lo: int, hi: int) -> np.ndarray:
 
 
 def invert(img, **kw):
-    return _apply(img, _invert()) if img.mode in _BANDS else timm_ops.invert(img, **kw)
+    return _apply(img, _invert()) if _fast(img) else timm_ops.invert(img, **kw)
 
 
 def posterize(img, bits_to_keep, **kw):
-    if img.mode not in _BANDS or bits_to_keep >= 8:  # timm: >= 8 bits returns the image itself
+    if not _fast(img) or bits_to_keep >= 8:  # timm: >= 8 bits returns the image itself
         return timm_ops.posterize(img, bits_to_keep, **kw)
     return _apply(img, _posterize(bits_to_keep))
 
 
 def solarize(img, thresh, **kw):
-    return _apply(img, _solarize(thresh)) if img.mode in _BANDS else timm_ops.solarize(img, thresh, **kw)
+    return _apply(img, _solarize(thresh)) if _fast(img) else timm_ops.solarize(img, thresh, **kw)
 
 
 def solarize_add(img, add, thresh=128, **kw):
-    if img.mode not in _BANDS:
+    if not _fast(img):
         return timm_ops.solarize_add(img, add, thresh, **kw)
     return _apply(img, _solarize_add(add, thresh))
 
@@ -110,7 +117,7 @@ def solarize_add(img, add, thresh=128, **kw):
 def auto_contrast(img, **kw):
     """ImageOps.autocontrast(cutoff=0): each band's lowest..highest level stretched to 0..255
     (a band of one level left as it is)."""
-    if img.mode not in _BANDS:
+    if not _fast(img):
         return timm_ops.auto_contrast(img, **kw)
     ext = img.getextrema()  # (lo, hi) for L, one pair per band for RGB
     if img.mode == "L":
@@ -122,7 +129,7 @@ def equalize(img, **kw):
     """ImageOps.equalize: per band, step = (pixels - the count of the highest used level) // 255
     and lut[i] = (step // 2 + pixels below level i) // step; identity for a band with one
     level or a zero step."""
-    if img.mode not in _BANDS:
+    if not _fast(img):
         return timm_ops.equalize(img, **kw)
     a = _pixels(img)
     bands = _BANDS[img.mode]
@@ -140,7 +147,7 @@ def contrast(img, factor, **kw):
     """ImageEnhance.Contrast: a blend with a flat grey image at the mean of the L image,
     int(mean + 0.5); the mean from NumPy's integer sum (exact) instead of a Python loop over
     the histogram."""
-    if img.mode not in _BANDS:
+    if not _fast(img):
         return timm_ops.contrast(img, factor, **kw)
     grey = img if img.mode == "L" else img.convert("L")
     total = int(_pixels(grey).sum(dtype=np.int64))

@@ -195,3 +195,9 @@ def test_pil_path_uses_the_numpy_tables_and_other_modes_fall_back_to_timm():
     for name, arg in LUT_CASES:
         args = [arg] if arg is not None else []
         assert outcome(L.OPS[name], *args) == outcome(REFERENCE[name], *args), name
+    # past 64x64 pixels PIL's C loops win: timm's ops, the same pixels
+    assert L._fast(Image.new("L", (64, 64))) and not L._fast(Image.new("L", (65, 64))) and not L._fast(rgba)
+    big = Image.fromarray(np.random.default_rng(0).integers(0, 256, (80, 90, 3), dtype=np.uint8))
+    for name, arg in LUT_CASES:
+        args = [arg] if arg is not None else []
+        assert L.OPS[name](big, *args).tobytes() == REFERENCE[name](big, *args).tobytes(), name
