@@ -73,6 +73,8 @@ SUITES: dict[str, list[Variant]] = {
         Variant("temperature-0.5", {"pseudo.temperature": 0.5}, "sharper soft targets (the teacher is under-confident)"),
         Variant("hard", {"student.targets": "hard"}, "hard (one-hot, smoothed) pseudo labels"),
         Variant("threshold-0.5", {"select.threshold": 0.5}, "a stricter filter"),
+        Variant("threshold-0.7", {"select.threshold": 0.7}, "a much stricter filter"),
+        Variant("threshold-0.7-hard", {"select.threshold": 0.7, "student.targets": "hard"}, "a much stricter filter and hard labels"),
         Variant("no-smoothing", {"train.label_smoothing": 0.0}, "no label smoothing"),
         Variant("strong-noise", {"noise.randaugment_m": 15}, "RandAugment magnitude 15 (the paper's largest models use 27)"),
         Variant("lr-0.1", {"train.lr": 0.1}, "twice the learning rate"),
