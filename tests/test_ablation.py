@@ -216,6 +216,44 @@ def test_tuning_chooses_on_validation_alone():
     assert t.loc["hard", "best student val %"] == "98.00 ± 1.00" and t.loc["lr-0.1", "seeds"] == 1
     g = goal_met(frame, "hard")
     assert g["gap_to_oracle"] == pytest.approx(0.09) and not g["within_gap"] and g["gain_over_baseline"] == pytest.approx(0.04) and g["gain_reached"]
+    assert g["where"] == "tuning seeds"
+
+
+def test_held_out_seeds_judge_the_chosen_recipe_and_choose_nothing():
+    """The choice is made on the tuning seeds' validation alone; the before-and-after table and the
+    goal read the held-out seeds, and a held-out run's validation (however high) changes no choice."""
+    import pandas as pd
+
+    from noisystudent.tuning import before_after, chosen, goal_met, rank, table
+
+    def row(c, s, role, val, test):
+        return {"candidate": c, "seed": s, "experiment": f"{c}-{s}", "role": role, "val": val, "test": test,
+                "teacher": 0.8, "baseline": 0.85, "oracle": 0.99}
+
+    rows = [row(c, s, "tuning", v, t) for c, v, t in (("current", 0.95, 0.90), ("hard", 0.97, 0.98)) for s in (0, 1, 2)]
+    rows += [row("current", s, "held-out", 1.0, 0.92) for s in (3, 4, 5)]  # current's held-out val would win
+    rows += [row("hard", s, "held-out", 0.9, 0.95 + 0.01 * (s - 4)) for s in (3, 4, 5)]
+    frame = pd.DataFrame(rows)
+    assert chosen(frame, min_seeds=3) == "hard" and list(rank(frame)["count"]) == [3, 3]
+    assert set(table(frame)["best student test %"]) == {"98.00 ± 0.00", "90.00 ± 0.00"}  # tuning seeds only
+    g = goal_met(frame, "hard")
+    assert g["where"] == "held-out seeds" and g["gap_to_oracle"] == pytest.approx(0.04) and not g["within_gap"]
+    ba = before_after(frame, 3).set_index("recipe")
+    assert list(ba["seeds"]) == ["3 held-out (3, 4, 5)"] * 2
+    assert ba.loc["after tuning (`hard`, chosen on validation)", "best student %"] == "95.00 ± 1.00"
+    assert ba.loc["before tuning (the current defaults)", "best student %"] == "92.00 ± 0.00"
+    # a table written before held-out seeds existed has no role column: all of it is tuning
+    old = frame[frame["role"] == "tuning"].drop(columns="role")
+    assert goal_met(old, "hard")["where"] == "tuning seeds" and before_after(old, 3)["seeds"].iloc[1] == "3 tuning (0, 1, 2)"
+
+
+def test_tune_refuses_held_out_seeds_that_are_tuning_seeds():
+    from typer.testing import CliRunner
+
+    from noisystudent.__main__ import cli
+
+    r = CliRunner().invoke(cli, ["tune", "--report-only", "--seed", "0", "--seed", "3", "--held-out-seed", "3"])
+    assert r.exit_code == 1 and "--held-out-seed: seeds [3] are also tuning seeds" in r.output
 
 
 def test_readme_results_block_is_written_from_the_tuning_runs(tmp_path):
