@@ -21,6 +21,13 @@ SEED_KEYS = ("data.seed", "train.seed", "select.seed")
 # students as large as the teacher, and the baseline in their architecture (the paper's comparison)
 EQUAL = {"iterations.s2.arch": "ns_resnet_s", "iterations.s3.arch": "ns_resnet_s", "baseline.arch": "ns_resnet_s"}
 
+# the official code's pseudo-label settings (soft targets at T = 1, threshold 0.3): the pseudo
+# suite varies each from here, so its findings keep their meaning when params.yaml's defaults move
+OFFICIAL_PSEUDO = {"student.targets": "soft", "pseudo.temperature": 1.0, "select.threshold": 0.3}
+# keys that change how fast, never what (or that DVC's run cache is blind to and the teacher's
+# figures reveal): two runs of one recipe may differ in them
+NOT_RECIPE = ("train.num_threads", "speed.", "mlflow.")
+
 SUITES: dict[str, list[Variant]] = {
     "noise": [
         Variant("full", {}, "the default: RandAugment, dropout and stochastic depth on the student"),
@@ -32,14 +39,15 @@ SUITES: dict[str, list[Variant]] = {
     ],
     # one chain of three gives all three points: a model does not depend on the iterations after it
     "iterations": [Variant("chain", {}, "accuracy after 1, 2 and 3 iterations of the default chain")],
+    # pinned to the official settings, whatever params.yaml holds: each variant changes one of them
     "pseudo": [
-        Variant("soft", {}, "soft pseudo labels (the default, temperature 1)"),
-        Variant("hard", {"student.targets": "hard"}, "hard (one-hot, smoothed) pseudo labels"),
-        Variant("temperature-0.5", {"pseudo.temperature": 0.5}, "sharper soft labels"),
-        Variant("temperature-2", {"pseudo.temperature": 2.0}, "flatter soft labels"),
-        Variant("threshold-0", {"select.threshold": 0.0}, "no confidence filter"),
-        Variant("threshold-0.5", {"select.threshold": 0.5}, "a stricter filter"),
-        Variant("threshold-0.7", {"select.threshold": 0.7}, "a much stricter filter"),
+        Variant("soft", dict(OFFICIAL_PSEUDO), "soft pseudo labels at T = 1, threshold 0.3 (the official settings)"),
+        Variant("hard", {**OFFICIAL_PSEUDO, "student.targets": "hard"}, "hard (one-hot, smoothed) pseudo labels"),
+        Variant("temperature-0.5", {**OFFICIAL_PSEUDO, "pseudo.temperature": 0.5}, "sharper soft labels"),
+        Variant("temperature-2", {**OFFICIAL_PSEUDO, "pseudo.temperature": 2.0}, "flatter soft labels"),
+        Variant("threshold-0", {**OFFICIAL_PSEUDO, "select.threshold": 0.0}, "no confidence filter"),
+        Variant("threshold-0.5", {**OFFICIAL_PSEUDO, "select.threshold": 0.5}, "a stricter filter"),
+        Variant("threshold-0.7", {**OFFICIAL_PSEUDO, "select.threshold": 0.7}, "a much stricter filter"),
     ],
     "data": [
         Variant("balanced", {}, "the official balancing (default)"),
@@ -134,24 +142,49 @@ def _teacher_of(rec: dict) -> tuple:
     return m.get("metrics/summary.json:teacher_test_acc"), m.get("metrics/summary.json:test_ece.teacher")
 
 
+def same_recipe(variant_rec: dict, default_rec: dict, overrides: dict) -> bool:
+    """Whether a variant's run is the default run plus the variant's overrides: every params key
+    the variant does not override is equal in both (keys of NOT_RECIPE aside)."""
+    a, b = variant_rec.get("params") or {}, default_rec.get("params") or {}
+    return all(a.get(k) == b.get(k) for k in set(a) | set(b)
+               if k not in overrides and not any(k == n or k.startswith(n) for n in NOT_RECIPE))
+
+
+def realises(rec: dict, overrides: dict) -> bool:
+    """Whether run `rec`'s params hold every value of `overrides` (it is a run of that variant)."""
+    p = rec.get("params") or {}
+    return all(p.get(k) == v for k, v in overrides.items())
+
+
 def suite_records(records: list[dict], suite: str, seeds: list[int]):
     """(variant, seed, experiment name, its record or None) for every variant x seed of `suite`,
-    in suite order: the lookup every report over a suite starts from. Each variant's newest run;
-    the shared default (`default-seed<N>`, run again on every pipeline change) is the run whose
-    teacher is the one the suite's other variants of that seed learned from (the same figures;
-    then the same commit; then the newest): a later default may have restored its stages from a
-    run made with another thread count, whose numbers differ, and a comparison must share
-    everything upstream of what it varies."""
+    in suite order: the lookup every report over a suite starts from. Each variant's newest run
+    under its name. The shared default (`default-seed<N>`, run again on every pipeline change)
+    is the run that fits the suite's other variants of that seed best: first their recipe less
+    their overrides (`same_recipe`: a default run made after params.yaml's defaults moved is
+    never compared with variants of the earlier defaults), then their teacher (the same figures:
+    a later default may have restored its stages from a run made with another thread count,
+    whose numbers differ, and a comparison must share everything upstream of what it varies),
+    then their commit, then the newest. A variant pinned to settings a default run had (the
+    pseudo suite's `soft`) with no run of its own is that default run, chosen the same way."""
     by_name = newest_by_name(records)
     for s in seeds:
-        others = [by_name[n] for n in (experiment_name(v, s) for v in SUITES[suite] if v.overrides) if n in by_name]
         default = experiment_name(Variant("default", {}, ""), s)
-        runs = [r for r in records if r["name"] == default and r["status"] == "success"]
-        if others and runs:
-            def fit(r: dict) -> tuple:
-                return (sum(_teacher_of(o) == _teacher_of(r) for o in others),
-                        sum(o.get("baseline") == r.get("baseline") for o in others), r.get("timestamp") or "")
-            by_name = {**by_name, default: max(runs, key=fit)}
+        defaults = [r for r in records if r["name"] == default and r["status"] == "success"]
+        others = [(by_name[n], v) for v in SUITES[suite] if v.overrides and (n := experiment_name(v, s)) in by_name]
+
+        def fit(r: dict, overrides: dict) -> tuple:
+            return (sum(same_recipe(o, r, {**overrides, **v.overrides}) for o, v in others),
+                    sum(_teacher_of(o) == _teacher_of(r) for o, _ in others),
+                    sum(o.get("baseline") == r.get("baseline") for o, _ in others), r.get("timestamp") or "")
+
+        for v in SUITES[suite]:
+            name = experiment_name(v, s)
+            stand_ins = [r for r in defaults if realises(r, v.overrides)]
+            if not v.overrides and others and stand_ins:
+                by_name = {**by_name, name: max(stand_ins, key=lambda r: fit(r, {}))}
+            elif v.overrides and name not in by_name and stand_ins:
+                by_name = {**by_name, name: max(stand_ins, key=lambda r: fit(r, v.overrides))}
     for v in SUITES[suite]:
         for s in seeds:
             name = experiment_name(v, s)

@@ -68,7 +68,9 @@ def exp_state(name, params, metrics, error=None):
 
 def fake_run(seed, acc, teacher=0.80, baseline=0.84, pl=0.9, per=(0.85, 0.87)):
     its = {"s1": {"teacher": "teacher", "arch": "a"}, "s2": {"teacher": "s1", "arch": "a"}, "s3": {"teacher": "s2", "arch": "a"}}
-    params = {"data": {"seed": seed}, "iterations": its}
+    # the official pseudo-label settings, as params.yaml held them before tuning
+    params = {"data": {"seed": seed}, "iterations": its, "student": {"targets": "soft"}, "pseudo": {"temperature": 1.0},
+              "select": {"threshold": 0.3}}
     accs = [*per, acc]
     names = [f"s{i + 1}" for i in range(len(accs))]
     metrics = {"metrics/summary.json": {"teacher_test_acc": teacher, "baseline_test_acc": baseline,
@@ -509,10 +511,44 @@ def test_a_suite_compares_its_variants_with_the_default_run_they_share_a_teacher
             base(old, [exp("default-seed0", 0.88, "2026-12-01T03:00:00", 0.82), exp("hard-seed0", 0.90, "2026-12-01T04:00:00", 0.82)])]
     recs = experiments_from_show(json.dumps(show))
 
-    def default_of(suite):
-        (rec,) = [r for v, s, n, r in suite_records(recs, suite, [0]) if n == "default-seed0"]
+    def default_of(suite, name="default-seed0"):
+        (rec,) = [r for v, s, n, r in suite_records(recs, suite, [0]) if n == name]
         return rec["baseline"]
-    assert default_of("pseudo") == old  # hard-seed0 learned from the old default's teacher
+    assert default_of("pseudo", "soft-seed0") == old  # hard-seed0 learned from the old default's teacher
     assert default_of("schedule") == old  # finetune-seed0 too, though run on a third commit
     assert default_of("model") == new  # equal-seed0 from the new one's
     assert default_of("iterations") == new and default_of("noise") == new  # no variant run: the newest
+
+
+def test_a_default_run_of_moved_defaults_is_compared_with_nothing_of_the_earlier_defaults():
+    """params.yaml's defaults moved (threshold 0.7, hard labels): a newer default run with the
+    same teacher is not paired with variants run on the earlier defaults, nor does it stand in
+    for the pseudo suite's `soft` (pinned to the official settings); an earlier default run does."""
+    from noisystudent.ablation import realises, same_recipe, suite_records
+
+    def exp(name, acc, ts, **params):
+        p, m = fake_run(0, acc, teacher=0.82)
+        for k, v in params.items():
+            section, key = k.split("__")
+            p.setdefault(section, {})[key] = v
+        e = exp_state(name, p, m)
+        e["data"]["timestamp"] = ts
+        return {"revs": [e], "executor": {"state": "success"}, "name": name}
+
+    old, new = "a" * 40, "b" * 40
+    show = [{"rev": new, "name": None, "data": None, "error": None, "experiments": [
+                exp("default-seed0", 0.97, "2026-12-02T09:00:00", select__threshold=0.7, student__targets="hard"),
+                # queued before the defaults moved, run after: on the newer commit, the earlier recipe
+                exp("no-noise-seed0", 0.85, "2026-12-02T08:00:00", noise__randaugment_n=0)]},
+            {"rev": old, "name": None, "data": None, "error": None, "experiments": [
+                exp("default-seed0", 0.93, "2026-12-01T03:00:00"),
+                exp("hard-seed0", 0.95, "2026-12-01T05:00:00", student__targets="hard")]}]
+    recs = experiments_from_show(json.dumps(show))
+    tuned, no_noise, earlier = recs[0], recs[1], recs[2]
+    assert not same_recipe(no_noise, tuned, {"noise.randaugment_n": 0}) and same_recipe(no_noise, earlier, {"noise.randaugment_n": 0})
+    assert not realises(tuned, {"student.targets": "soft", "select.threshold": 0.3}) and realises(earlier, {"select.threshold": 0.3})
+    got = {(suite, n): r["baseline"] for suite in ("noise", "pseudo") for v, s, n, r in suite_records(recs, suite, [0]) if r}
+    assert got["noise", "default-seed0"] == old  # the newer default, same teacher, is another recipe
+    assert got["pseudo", "soft-seed0"] == old and got["pseudo", "hard-seed0"] == old
+    assert [n for v, s, n, r in suite_records(recs, "iterations", [0])] == ["default-seed0"]
+    assert dict(((n, r["baseline"]) for v, s, n, r in suite_records(recs, "iterations", [0])))["default-seed0"] == new  # alone: the newest
