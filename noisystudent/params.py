@@ -56,7 +56,7 @@ class DataParams(_Section):
 class StudentParams(_Section):
     steps: PosInt = 300
     batch_ratio: PosInt = 3  # unlabeled batch = ratio x labeled batch; loss = CE_l + ratio CE_u (official code)
-    targets: Literal["soft", "hard"] = "soft"
+    targets: Literal["soft", "hard"] = "soft"  # the official value for a key left out; params.yaml's is tuned
     init: Literal["scratch", "teacher"] = "scratch"  # teacher (an ablation): start from the teacher's weights
     # joint: every step learns from a labeled and a pseudo-labeled batch (the paper); finetune (an
     # ablation): the first half of the steps on the pseudo labels alone, the second on the labels alone
@@ -157,7 +157,7 @@ class PseudoParams(_Section):
 
 
 class SelectParams(_Section):
-    threshold: Prob = 0.3
+    threshold: Prob = 0.3  # the official value for a key left out; params.yaml's is tuned (docs/ablations.md)
     per_class: PosInt | None = None  # None: the median over classes of the images above the threshold (follows the data)
     seed: Seed = 0
     balance: bool = True  # false (an ablation): every image at or above the threshold, once

@@ -197,11 +197,11 @@ def test_tuning_chooses_on_validation_alone():
 
     names = [v.name for v in SUITES["tune"]]
     assert names[0] == "current" and experiment_name(SUITES["tune"][0], 3) == "default-seed3"
-    figs = {"current": (0.95, 0.93), "hard": (0.97, 0.90), "lr-0.1": (0.93, 0.99)}  # (val, test)
+    figs = {"current": (0.95, 0.93), "soft-0.7": (0.97, 0.90), "hard-longer": (0.93, 0.99)}  # (val, test)
     records = []
     for v in SUITES["tune"]:
         for s in (0, 1, 2):
-            if v.name not in figs or (v.name == "lr-0.1" and s > 0):
+            if v.name not in figs or (v.name == "hard-longer" and s > 0):
                 continue
             val, test = figs[v.name]
             m = {"best_student_val_acc": val + 0.01 * s, "best_student_test_acc": test, "teacher_test_acc": 0.8,
@@ -210,13 +210,13 @@ def test_tuning_chooses_on_validation_alone():
                             "metrics": {f"metrics/summary.json:{k}": x for k, x in m.items()}})
     records.append({"name": experiment_name(SUITES["tune"][3], 0), "status": "failed", "metrics": {}})
     frame, problems = collect(records, [0, 1, 2])
-    assert list(rank(frame)["candidate"]) == ["hard", "current", "lr-0.1"]
-    assert chosen(frame, min_seeds=3) == "hard"  # the best test (lr-0.1, one seed) chooses nothing
-    assert chosen(frame, min_seeds=1) == "hard"
-    assert any("threshold-0.5-seed0`: failed" in p for p in problems)
+    assert list(rank(frame)["candidate"]) == ["soft-0.7", "current", "hard-longer"]
+    assert chosen(frame, min_seeds=3) == "soft-0.7"  # the best test (hard-longer, one seed) chooses nothing
+    assert chosen(frame, min_seeds=1) == "soft-0.7"
+    assert any("hard-0.5-seed0`: failed" in p for p in problems)
     t = table(frame).set_index("candidate")
-    assert t.loc["hard", "best student val %"] == "98.00 ± 1.00" and t.loc["lr-0.1", "seeds"] == 1
-    g = goal_met(frame, "hard")
+    assert t.loc["soft-0.7", "best student val %"] == "98.00 ± 1.00" and t.loc["hard-longer", "seeds"] == 1
+    g = goal_met(frame, "soft-0.7")
     assert g["gap_to_oracle"] == pytest.approx(0.09) and not g["within_gap"] and g["gain_over_baseline"] == pytest.approx(0.04) and g["gain_reached"]
     assert g["where"] == "tuning seeds"
 
