@@ -113,9 +113,9 @@ def before_after(frame: pd.DataFrame, min_seeds: int) -> pd.DataFrame:
     the held-out seeds (the tuning seeds when none has run, said in the `seeds` column)."""
     pick = chosen(frame, min_seeds)
     rows_of, where = _judged(frame)
-    pairs = [("before tuning (the current defaults)", "current")]
+    pairs = [("before tuning (`current`: the recipe it started from)", "current")]
     if pick == "current":
-        pairs = [("the current defaults (no candidate beat them on validation)", "current")]
+        pairs = [("`current`, the recipe it started from (no candidate beat it on validation)", "current")]
     elif pick is not None:
         pairs.append((f"after tuning (`{pick}`, chosen on validation)", pick))
     rows = []

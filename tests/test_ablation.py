@@ -243,7 +243,7 @@ def test_held_out_seeds_judge_the_chosen_recipe_and_choose_nothing():
     ba = before_after(frame, 3).set_index("recipe")
     assert list(ba["seeds"]) == ["3 held-out (3, 4, 5)"] * 2
     assert ba.loc["after tuning (`hard`, chosen on validation)", "best student %"] == "95.00 ± 1.00"
-    assert ba.loc["before tuning (the current defaults)", "best student %"] == "92.00 ± 0.00"
+    assert ba.loc["before tuning (`current`: the recipe it started from)", "best student %"] == "92.00 ± 0.00"
     # a table written before held-out seeds existed has no role column: all of it is tuning
     old = frame[frame["role"] == "tuning"].drop(columns="role")
     assert goal_met(old, "hard")["where"] == "tuning seeds" and before_after(old, 3)["seeds"].iloc[1] == "3 tuning (0, 1, 2)"
