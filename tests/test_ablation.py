@@ -283,6 +283,10 @@ def test_readme_results_block_is_written_from_the_tuning_runs(tmp_path):
     assert text.startswith("# x\n\nintro\n<!-- results:begin -->\n") and text.endswith("<!-- results:end -->\n\nrest\n")
     assert "old typed figures" not in text and "after tuning (`hard`, chosen on validation)" in text
     assert "91.00 ± 1.00" in text and "94.00 ± 1.00" in text and "99.00 ± 0.00" in text  # current and hard, mean ± std
+    assert "best student on the held-out seeds" not in text  # no effect written by tune: none shown
+    (tmp_path / "effect.md").write_text("`hard` − `current`, best student on the held-out seeds: +3.00 points [95 % CI +1.00, +5.00]\n")
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    assert "`hard` − `current`, best student on the held-out seeds: +3.00 points [95 % CI +1.00, +5.00]" in readme.read_text()
     # the findings, as ablation-report judged them: effect, interval, verdict
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith(("| noise", "| iterations"))]
     assert len(cells) == 6 + 3
