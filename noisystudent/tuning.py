@@ -17,6 +17,7 @@ from .ablation import SUITES, suite_records
 # what each finished experiment contributes (summary.json keys), test figures after the choice
 FIGURES = {"val": "best_student_val_acc", "test": "best_student_test_acc", "teacher": "teacher_test_acc",
            "baseline": "baseline_test_acc", "oracle": "oracle_test_acc"}
+STUDENT_ACC = "metrics/summary.json:test_acc."  # + each iteration's name: every student's test top-1 (columns `student <name>`)
 
 
 ROLES = ("tuning", "held-out")  # seeds the choice is made on; seeds only the chosen and the current recipe run on
@@ -35,11 +36,14 @@ def collect(records: list[dict], seeds: list[int], suite: str = "tune", role: st
             continue
         m = rec["metrics"]
         try:
+            students = {f"student {k.rsplit('.', 1)[1]}": float(x) for k, x in m.items()
+                        if k.startswith(STUDENT_ACC) and k.rsplit(".", 1)[1] not in ("teacher", "baseline", "oracle")}
             rows.append({"candidate": v.name, "seed": s, "experiment": name, "role": role,
-                         **{k: float(m[f"metrics/summary.json:{key}"]) for k, key in FIGURES.items()}})
+                         **{k: float(m[f"metrics/summary.json:{key}"]) for k, key in FIGURES.items()}, **students})
         except KeyError as e:
             problems.append(f"`{name}`: finished without metric {e}")
-    return pd.DataFrame(rows, columns=["candidate", "seed", "experiment", "role", *FIGURES]), problems
+    cols = ["candidate", "seed", "experiment", "role", *FIGURES]
+    return pd.DataFrame(rows, columns=cols + sorted({c for r in rows for c in r} - set(cols))), problems
 
 
 def split_roles(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -123,6 +127,7 @@ def before_after(frame: pd.DataFrame, min_seeds: int) -> pd.DataFrame:
         g = rows_of[rows_of["candidate"] == c]
         seeds = ", ".join(str(int(x)) for x in sorted(g["seed"]))
         rows.append({"recipe": label, "seeds": f"{len(g)} {where.split()[0]} ({seeds})", "teacher %": _ms(g["teacher"]), "supervised baseline %": _ms(g["baseline"]),
+                     **{f"{col} %": _ms(g[col]) for col in sorted(rows_of) if col.startswith("student ")},  # every iteration
                      "best student %": _ms(g["test"]), "oracle %": _ms(g["oracle"]),
                      "best student - baseline (points)": _ms(g["test"] - g["baseline"]),
                      "oracle - best student (points)": _ms(g["oracle"] - g["test"])})

@@ -205,11 +205,12 @@ def test_tuning_chooses_on_validation_alone():
                 continue
             val, test = figs[v.name]
             m = {"best_student_val_acc": val + 0.01 * s, "best_student_test_acc": test, "teacher_test_acc": 0.8,
-                 "baseline_test_acc": 0.86, "oracle_test_acc": 0.99}
+                 "baseline_test_acc": 0.86, "oracle_test_acc": 0.99, "test_acc.s1": test - 0.01, "test_acc.teacher": 0.8}
             records.append({"name": experiment_name(v, s), "status": "success",
                             "metrics": {f"metrics/summary.json:{k}": x for k, x in m.items()}})
     records.append({"name": experiment_name(SUITES["tune"][3], 0), "status": "failed", "metrics": {}})
     frame, problems = collect(records, [0, 1, 2])
+    assert "student s1" in frame and "student teacher" not in frame and frame["student s1"].tolist() == pytest.approx((frame["test"] - 0.01).tolist())
     assert list(rank(frame)["candidate"]) == ["soft-0.7", "current", "hard-longer"]
     assert chosen(frame, min_seeds=3) == "soft-0.7"  # the best test (hard-longer, one seed) chooses nothing
     assert chosen(frame, min_seeds=1) == "soft-0.7"
@@ -230,7 +231,7 @@ def test_held_out_seeds_judge_the_chosen_recipe_and_choose_nothing():
 
     def row(c, s, role, val, test):
         return {"candidate": c, "seed": s, "experiment": f"{c}-{s}", "role": role, "val": val, "test": test,
-                "teacher": 0.8, "baseline": 0.85, "oracle": 0.99}
+                "teacher": 0.8, "baseline": 0.85, "oracle": 0.99, "student s1": test - 0.02}
 
     rows = [row(c, s, "tuning", v, t) for c, v, t in (("current", 0.95, 0.90), ("hard", 0.97, 0.98)) for s in (0, 1, 2)]
     rows += [row("current", s, "held-out", 1.0, 0.92) for s in (3, 4, 5)]  # current's held-out val would win
@@ -244,6 +245,7 @@ def test_held_out_seeds_judge_the_chosen_recipe_and_choose_nothing():
     assert list(ba["seeds"]) == ["3 held-out (3, 4, 5)"] * 2
     assert ba.loc["after tuning (`hard`, chosen on validation)", "best student %"] == "95.00 ± 1.00"
     assert ba.loc["before tuning (`current`: the recipe it started from)", "best student %"] == "92.00 ± 0.00"
+    assert ba.loc["before tuning (`current`: the recipe it started from)", "student s1 %"] == "90.00 ± 0.00"  # every student
     # a table written before held-out seeds existed has no role column: all of it is tuning
     old = frame[frame["role"] == "tuning"].drop(columns="role")
     assert goal_met(old, "hard")["where"] == "tuning seeds" and before_after(old, 3)["seeds"].iloc[1] == "3 tuning (0, 1, 2)"
