@@ -135,6 +135,17 @@ def expand(suite: str, seeds: list[int]) -> list[Run]:
             for v in SUITES[suite] for s in seeds]
 
 
+def iterations_of(params: dict) -> list[str]:
+    """The chain's student names, in order, from a record's flattened params (`iterations.s1.arch`, ...)."""
+    seen = []
+    for k in params:
+        if k.startswith("iterations.") and k.count(".") == 2:
+            name = k.split(".")[1]
+            if name not in seen:
+                seen.append(name)
+    return seen
+
+
 def _teacher_of(rec: dict) -> tuple:
     """What identifies the teacher an experiment trained or restored: its test figures."""
     m = rec.get("metrics") or {}

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from . import plots
-from .ablation import SUITES, suite_records
+from .ablation import SUITES, iterations_of, suite_records
 from .report import markdown_table
 from .stats import Effect, paired_bootstrap, seed_interval
 
@@ -23,21 +23,11 @@ from .stats import Effect, paired_bootstrap, seed_interval
 Outcomes = Callable[[dict, str], "np.ndarray | None"]
 
 
-def _iterations(params: dict) -> list[str]:
-    seen = []
-    for k in params:
-        if k.startswith("iterations.") and k.count(".") == 2:
-            name = k.split(".")[1]
-            if name not in seen:
-                seen.append(name)
-    return seen
-
-
 def run_figures(rec: dict) -> dict:
     """One finished experiment's figures: the last student's test top-1 and ECE, the teacher's
     and the baseline's accuracy, the accuracy of the pseudo labels the last student learned
     from, and the accuracy after each iteration."""
-    m, its = rec["metrics"], _iterations(rec["params"])
+    m, its = rec["metrics"], iterations_of(rec["params"])
     if not its:
         raise KeyError("no iterations in its params")
     last = its[-1]
@@ -67,7 +57,7 @@ def collect(records: list[dict], suite: str, seeds: list[int], outcomes: Outcome
             continue
         try:
             row = {"variant": v.name, "seed": s, "experiment": name, **run_figures(rec)}
-            models = ["teacher", *_iterations(rec["params"]), "baseline"]
+            models = ["teacher", *iterations_of(rec["params"]), "baseline"]
             row["last"] = models[-2]
             row["outcomes"] = {m: o for m in models if outcomes is not None and (o := outcomes(rec, m)) is not None}
             rows.append(row)
@@ -283,7 +273,7 @@ def default_recipe(records: list[dict], seeds: list[int]) -> tuple[pd.DataFrame,
         m = rec["metrics"]
         try:
             g = lambda k: float(m[f"metrics/summary.json:{k}"])  # noqa: E731
-            its = _iterations(rec["params"])
+            its = iterations_of(rec["params"])
             rows.append({"seed": s, "teacher": g("teacher_test_acc"), **{i: g(f"test_acc.{i}") for i in its},
                          "baseline": g("baseline_test_acc"), "oracle": g("oracle_test_acc"),
                          "best student (chosen on validation)": g("best_student_test_acc")})

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .ablation import SUITES, suite_records
+from .ablation import SUITES, iterations_of, suite_records
 
 # what each finished experiment contributes (summary.json keys), test figures after the choice
 FIGURES = {"val": "best_student_val_acc", "test": "best_student_test_acc", "teacher": "teacher_test_acc",
@@ -36,14 +36,15 @@ def collect(records: list[dict], seeds: list[int], suite: str = "tune", role: st
             continue
         m = rec["metrics"]
         try:
-            students = {f"student {k.rsplit('.', 1)[1]}": float(x) for k, x in m.items()
-                        if k.startswith(STUDENT_ACC) and k.rsplit(".", 1)[1] not in ("teacher", "baseline", "oracle")}
+            students = {f"student {it}": float(m[f"{STUDENT_ACC}{it}"]) for it in iterations_of(rec.get("params") or {})
+                        if f"{STUDENT_ACC}{it}" in m}
             rows.append({"candidate": v.name, "seed": s, "experiment": name, "role": role,
                          **{k: float(m[f"metrics/summary.json:{key}"]) for k, key in FIGURES.items()}, **students})
         except KeyError as e:
             problems.append(f"`{name}`: finished without metric {e}")
     cols = ["candidate", "seed", "experiment", "role", *FIGURES]
-    return pd.DataFrame(rows, columns=cols + sorted({c for r in rows for c in r} - set(cols))), problems
+    students = list(dict.fromkeys(c for r in rows for c in r if c not in cols))  # in chain order
+    return pd.DataFrame(rows, columns=cols + students), problems
 
 
 def split_roles(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -95,9 +96,9 @@ def table(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _judged(frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """The rows a chosen recipe is judged on: the held-out seeds when any finished, else the tuning
-    seeds (optimistic for the chosen one: said so); and which they are."""
+    seeds (optimistic for the chosen one: said so); and their role."""
     tuning, held = split_roles(frame)
-    return (held, "held-out seeds") if len(held) else (tuning, "tuning seeds")
+    return (held, "held-out") if len(held) else (tuning, "tuning")
 
 
 def goal_met(frame: pd.DataFrame, candidate: str, gap: float = 0.02, gain: float = 0.03) -> dict:
@@ -107,7 +108,7 @@ def goal_met(frame: pd.DataFrame, candidate: str, gap: float = 0.02, gain: float
     rows, where = _judged(frame)
     g = rows[rows["candidate"] == candidate]
     d_oracle, d_base = float(np.mean(g["oracle"] - g["test"])), float(np.mean(g["test"] - g["baseline"]))
-    return {"seeds": len(g), "where": where, "gap_to_oracle": d_oracle, "gain_over_baseline": d_base,
+    return {"seeds": len(g), "where": f"{where} seeds", "gap_to_oracle": d_oracle, "gain_over_baseline": d_base,
             "within_gap": d_oracle <= gap, "gain_reached": d_base >= gain}
 
 
@@ -126,8 +127,8 @@ def before_after(frame: pd.DataFrame, min_seeds: int) -> pd.DataFrame:
     for label, c in pairs:
         g = rows_of[rows_of["candidate"] == c]
         seeds = ", ".join(str(int(x)) for x in sorted(g["seed"]))
-        rows.append({"recipe": label, "seeds": f"{len(g)} {where.split()[0]} ({seeds})", "teacher %": _ms(g["teacher"]), "supervised baseline %": _ms(g["baseline"]),
-                     **{f"{col} %": _ms(g[col]) for col in sorted(rows_of) if col.startswith("student ")},  # every iteration
+        rows.append({"recipe": label, "seeds": f"{len(g)} {where} ({seeds})", "teacher %": _ms(g["teacher"]), "supervised baseline %": _ms(g["baseline"]),
+                     **{f"{col} %": _ms(g[col]) for col in rows_of if col.startswith("student ")},  # every iteration, in order
                      "best student %": _ms(g["test"]), "oracle %": _ms(g["oracle"]),
                      "best student - baseline (points)": _ms(g["test"] - g["baseline"]),
                      "oracle - best student (points)": _ms(g["oracle"] - g["test"])})

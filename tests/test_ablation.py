@@ -206,7 +206,7 @@ def test_tuning_chooses_on_validation_alone():
             val, test = figs[v.name]
             m = {"best_student_val_acc": val + 0.01 * s, "best_student_test_acc": test, "teacher_test_acc": 0.8,
                  "baseline_test_acc": 0.86, "oracle_test_acc": 0.99, "test_acc.s1": test - 0.01, "test_acc.teacher": 0.8}
-            records.append({"name": experiment_name(v, s), "status": "success",
+            records.append({"name": experiment_name(v, s), "status": "success", "params": {"iterations.s1.teacher": "teacher"},
                             "metrics": {f"metrics/summary.json:{k}": x for k, x in m.items()}})
     records.append({"name": experiment_name(SUITES["tune"][3], 0), "status": "failed", "metrics": {}})
     frame, problems = collect(records, [0, 1, 2])
