@@ -1,12 +1,13 @@
 """Training throughput of the real loop vs a bare loop (a benchmark, run by hand; not in CI).
 
 The real loop is `noisystudent.train.fit` on the prepared digits exactly as a student trains
-(labeled + pseudo-labeled batches, RandAugment in PIL or batched (`--augment`), the default student noise); the
-bare loop is the same model, optimizer and batch shapes on random tensors already in memory,
-the loop's own ceiling. Both run in this process, back to back (in alternating order), `--repeats`
-times, each timed over `--steps` steps after 5 untimed ones (the real loop from its log at step 5,
-so a run's set-up is not counted); prints JSON with images/s of each and the median of the
-pairs' ratios, the figure to read on a machine whose speed drifts.
+(labeled + pseudo-labeled batches, RandAugment in PIL or batched (`--augment`), the default
+student noise, the EMA); the bare loop is the same model, optimizer and batch shapes on random
+tensors already in memory, the loop's own ceiling. They take turns every 5 steps inside one run
+(the bare segment runs in the real loop's log callback), because this machine's speed drifts by
++/-15 % within a minute: timed back to back for half a minute each, pairs of runs gave ratios
+from 0.73 to 1.02. Prints JSON per run (images/s of each over its segments) and the median of
+`--repeats` runs' ratios.
 
     python benchmarks/train_speed.py                      # default student, default batch
     python benchmarks/train_speed.py --arch ns_resnet_s --batch-size 64
@@ -32,35 +33,43 @@ sys.path.insert(0, str(ROOT))
 from synthetic import synthetic_prepared  # noqa: E402  (benchmarks/synthetic.py)
 
 
-WARMUP = 5  # untimed first steps of either loop
+SEGMENT = 5  # steps per segment: the real loop and the bare loop take turns this often
 
 
-def bare_loop(model, batch: int, chans: int, size: int, classes: int, steps: int, rt) -> float:
-    """images/s of forward + backward + SGD step on tensors already in memory (on the device),
-    with the same precision and memory format as the real loop."""
-    rt.model(model)
-    net = torch.compile(model) if rt.compile else model
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
-    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp == torch.float16)
-    x = rt.input(torch.randn(batch, chans, size, size))
-    y = torch.softmax(torch.randn(batch, classes, device=rt.device), 1)
-    model.train()
-    for i in range(steps + WARMUP):
-        if i == WARMUP:  # warm-up outside the timing
-            rt.synchronize()
-            t0 = time.perf_counter()
-        with rt.autocast():
-            loss = -(y * torch.log_softmax(net(x).float(), 1)).sum(1).mean()
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-    rt.synchronize()
-    return steps * batch / (time.perf_counter() - t0)
+class BareLoop:
+    """Forward + backward + SGD step of `model` on tensors already in memory (on the device),
+    with the same precision and memory format as the real loop: the real loop's ceiling."""
+
+    def __init__(self, model, batch: int, chans: int, size: int, classes: int, rt):
+        rt.model(model)
+        self.net, self.rt = (torch.compile(model) if rt.compile else model), rt
+        self.opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+        self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp == torch.float16)
+        self.x = rt.input(torch.randn(batch, chans, size, size))
+        self.y = torch.softmax(torch.randn(batch, classes, device=rt.device), 1)
+        model.train()
+
+    def run(self, steps: int) -> float:
+        """Seconds for `steps` steps, the device synchronised at both ends."""
+        self.rt.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            with self.rt.autocast():
+                loss = -(self.y * torch.log_softmax(self.net(self.x).float(), 1)).sum(1).mean()
+            self.opt.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        self.rt.synchronize()
+        return time.perf_counter() - t0
 
 
-def real_loop(p, data_dir: Path, image_size: int | None, arch: str, batch: int, ratio: int, steps: int, rt, ema_decay: float,
-              batched: bool = False) -> float:
+def interleaved(p, data_dir: Path, image_size: int | None, arch: str, batch: int, ratio: int, segments: int, rt,
+                ema_decay: float, batched: bool = False) -> tuple[list[float], list[float]]:
+    """One run of the real loop (`fit` on the prepared data exactly as a student trains) with a
+    bare segment run inside every log callback: the two loops take turns every SEGMENT steps, so
+    a machine whose speed drifts slows both alike. Returns each segment's seconds, real and bare,
+    after one untimed segment of each (set-up and warm-up)."""
     from noisystudent import data as D
     from noisystudent.models import create_model
     from noisystudent.train import FitConfig, fit
@@ -75,21 +84,31 @@ def real_loop(p, data_dir: Path, image_size: int | None, arch: str, batch: int, 
     probs = np.full((len(unl), d.num_classes), 1.0 / d.num_classes, dtype=np.float32)
     pseudo = D.ImageDataset(d.images, unl["id"].to_numpy(), probs, tf)
     model = create_model(arch, d.num_classes, d.in_chans, p.noise.dropout, p.noise.drop_path)
-    # timed from the end of step WARMUP to the last step, as the bare loop: the steady state, not
-    # the set-up of a run (loaders, EMA copy) that a real run of thousands of steps amortises.
-    # Each log reads the running sums, so the device has finished the steps it reports.
-    fc = FitConfig(steps=WARMUP + steps, batch_size=batch, lr=0.01, batch_ratio=ratio, log_every=WARMUP, ema_decay=ema_decay)
-    marks: list[tuple[int, float]] = []  # (step, time) at each log
-    fit(model, labeled, fc, pseudo, on_log=lambda step, *_: marks.append((step, time.perf_counter())), rt=rt)
-    (s0, t0), (s1, t1) = marks[0], marks[-1]
-    return (s1 - s0) * batch * (1 + ratio) / (t1 - t0)
+    bare = BareLoop(create_model(arch, d.num_classes, d.in_chans, p.noise.dropout, p.noise.drop_path),
+                    batch * (1 + ratio), d.in_chans, cfg["input_size"][-1], d.num_classes, rt)
+    real_s: list[float] = []
+    bare_s: list[float] = []
+    resumed = [0.0]
+
+    def turn(step, *_):  # each log reads the running sums: the device has finished the real steps
+        now = time.perf_counter()
+        if step > SEGMENT:
+            real_s.append(now - resumed[0])
+        b = bare.run(SEGMENT)
+        if step > SEGMENT:
+            bare_s.append(b)
+        resumed[0] = time.perf_counter()
+
+    fc = FitConfig(steps=SEGMENT * (segments + 1), batch_size=batch, lr=0.01, batch_ratio=ratio, log_every=SEGMENT, ema_decay=ema_decay)
+    fit(model, labeled, fc, pseudo, on_log=turn, rt=rt)
+    return real_s, bare_s
 
 
 def main(
     arch: Annotated[Optional[str], typer.Option(help="model (default: the last iteration's in params.yaml)")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="labeled batch (default: train.batch_size)")] = None,
-    steps: Annotated[int, typer.Option(help="timed steps of each loop, per repeat")] = 30,
-    repeats: Annotated[int, typer.Option(help="real/bare pairs, back to back (the figure: their median ratio)")] = 15,
+    segments: Annotated[int, typer.Option(help=f"timed segments of {SEGMENT} steps of each loop, per run")] = 40,
+    repeats: Annotated[int, typer.Option(help="runs of the real loop, each interleaved with the bare one (the figure: their median ratio)")] = 5,
     precision: Annotated[str, typer.Option(help="fp32 | bf16 | fp16 | mixed (both loops)")] = "fp32",
     channels_last: bool = False,
     compile: bool = False,
@@ -106,7 +125,6 @@ def main(
     import os
 
     os.environ.setdefault("NS_QUIET", "1")
-    from noisystudent.models import create_model
     from noisystudent.params import load_params
     from noisystudent.runtime import runtime
 
@@ -124,22 +142,25 @@ def main(
     size = image_size or d.image_size
     rt = runtime(device, precision, channels_last, workers, compile)
     ema = p.train.ema_decay if ema_decay is None else ema_decay
-    real, bare = [], []
+    images = SEGMENT * batch * (1 + ratio)
+    runs = []
     for i in range(repeats):
-        run_real = lambda: real.append(real_loop(p, data, image_size, arch, batch, ratio, steps, rt, ema, augment == "batched"))  # noqa: E731
-        model = create_model(arch, d.num_classes, d.in_chans, p.noise.dropout, p.noise.drop_path)
-        run_bare = lambda: bare.append(bare_loop(model, batch * (1 + ratio), d.in_chans, size, d.num_classes, steps, rt))  # noqa: E731
-        for run in ((run_real, run_bare) if i % 2 == 0 else (run_bare, run_real)):  # alternate: drift cancels
-            run()
-        print(json.dumps({"real_images_per_s": round(real[-1], 1), "bare_images_per_s": round(bare[-1], 1)}), flush=True)
-    r, b = statistics.median(real), statistics.median(bare)
+        real_s, bare_s = interleaved(p, data, image_size, arch, batch, ratio, segments, rt, ema, augment == "batched")
+        r, b = images * len(real_s) / sum(real_s), images * len(bare_s) / sum(bare_s)
+        runs.append((r, b))
+        print(json.dumps({"real_images_per_s": round(r, 1), "bare_images_per_s": round(b, 1), "ratio": round(r / b, 3),
+                          # per segment pair, to see the spread
+                          "segment_ratios_q25_q50_q75": [round(q, 3) for q in statistics.quantiles(
+                              [b_ / r_ for r_, b_ in zip(real_s, bare_s)], n=4)]}), flush=True)
+    r, b = statistics.median(x for x, _ in runs), statistics.median(y for _, y in runs)
     print(json.dumps({"arch": arch, "batch": f"{batch} labeled + {batch * ratio} pseudo", "threads": torch.get_num_threads(),
-                      **rt.describe(), "ema_decay": ema, "workers": workers, "augment": augment, "steps": steps, "repeats": repeats,
-                      "image": [d.in_chans, size, size], "data": "synthetic" if synthetic else str(data),
-                      "real_images_per_s": round(r, 1), "bare_images_per_s": round(b, 1), "ratio": round(r / b, 3),
-                      # each repeat's real / bare, measured back to back: robust to the machine's drift
-                      "pair_ratios": [round(x / y, 3) for x, y in zip(real, bare)],
-                      "median_pair_ratio": round(statistics.median(x / y for x, y in zip(real, bare)), 3)}))
+                      **rt.describe(), "ema_decay": ema, "workers": workers, "augment": augment, "segment_steps": SEGMENT,
+                      "segments": segments, "repeats": repeats, "image": [d.in_chans, size, size],
+                      "data": "synthetic" if synthetic else str(data),
+                      "real_images_per_s": round(r, 1), "bare_images_per_s": round(b, 1),
+                      # each run's real / bare over its interleaved segments: robust to the machine's drift
+                      "run_ratios": [round(x / y, 3) for x, y in runs],
+                      "median_run_ratio": round(statistics.median(x / y for x, y in runs), 3)}))
     if synthetic:
         shutil.rmtree(data.parent, ignore_errors=True)
 

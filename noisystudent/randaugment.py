@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import random
 from collections import defaultdict
+from functools import lru_cache
 
 import torch
 
@@ -29,6 +30,7 @@ from .transforms import RandAugment
 # ops whose PIL implementation draws a resampling filter (timm's _check_args_tf)
 GEOMETRIC = {"Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel"}
 BILINEAR, BICUBIC = 2, 3  # PIL's filter ids, as timm draws them
+MERGE_WARPS_UP_TO = 64 * 64  # pixels: see `apply` (benchmarks/augment_speed.py)
 
 
 def plan(ra: RandAugment) -> list[tuple[str, float | None, int | None]]:
@@ -51,15 +53,32 @@ def apply(x: torch.Tensor, plans: list[list[tuple]]) -> torch.Tensor:
     if x.dtype != torch.uint8 or x.ndim != 4:
         raise ValueError(f"expected uint8 [N, C, H, W], got {x.dtype} {tuple(x.shape)}")
     x = x.clone()
+    h, w = x.shape[-2:]
+    # small images: every affine warp of a layer in one call per filter, each image with its own
+    # matrix (five geometric ops x two signs x two filters would be ~20 calls of a few dozen
+    # tensor ops each, for a few pixels); large ones: one call per matrix, whose images share
+    # their taps (the arithmetic dominates there, and per-image taps cost memory)
+    merge = h * w <= MERGE_WARPS_UP_TO
     layers = max((len(p) for p in plans), default=0)
     for layer in range(layers):
         groups: dict[tuple, list[int]] = defaultdict(list)
+        warps: dict[tuple, tuple[list[int], list[tuple]]] = defaultdict(lambda: ([], []))
         for i, p in enumerate(plans):
             if layer < len(p):
-                groups[p[layer]].append(i)
+                name, arg, interp = p[layer]
+                m = _affine(name, arg, h, w) if name in GEOMETRIC else None
+                if m is None:
+                    groups[p[layer]].append(i)
+                else:
+                    idx, mats = warps[(interp,) if merge else (interp, m)]
+                    idx.append(i)
+                    mats.append(m)
         for (name, arg, interp), idx in groups.items():
             sel = torch.tensor(idx, device=x.device)
             x[sel] = OPS[name](x[sel], arg, interp)
+        for (interp, *_), (idx, mats) in warps.items():
+            sel = torch.tensor(idx, device=x.device)
+            x[sel] = _warp(x[sel], mats if merge else mats[0], interp)
     return x
 
 
@@ -181,22 +200,24 @@ def sharpness(x, factor, _):
 
 # ---- affine warps: Pillow's transform, exact ---------------------------------------------
 
-def _warp(x: torch.Tensor, matrix: tuple, interp: int) -> torch.Tensor:
-    """Image.transform(size, AFFINE, matrix, resample=interp, fillcolor=0) on a batch: output
-    pixel centre (x + .5, y + .5) -> input (a x + b y + c, d x + e y + f); outside the image
-    black; inside, Pillow's bilinear or a = -1 bicubic with edge clamping, truncated."""
+def _warp(x: torch.Tensor, matrix, interp: int) -> torch.Tensor:
+    """Image.transform(size, AFFINE, matrix, resample=interp, fillcolor=0) on a batch, `matrix`
+    one (a, b, c, d, e, f) for every image or one per image: output pixel centre (x + .5, y + .5)
+    -> input (a x + b y + c, d x + e y + f); outside the image black; inside, Pillow's bilinear or
+    a = -1 bicubic with edge clamping, truncated."""
     n, c, h, w = x.shape
-    a, b, cc, d, e, ff = matrix
     dev = x.device
+    m = torch.as_tensor(matrix, dtype=torch.float64, device=dev).reshape(-1, 6, 1)  # [1 or n, 6, 1]
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64, device=dev) + 0.5,
                             torch.arange(w, dtype=torch.float64, device=dev) + 0.5, indexing="ij")
-    xin = a * xs + b * ys + cc
-    yin = d * xs + e * ys + ff
-    inside = ((xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)).reshape(-1, 1)
+    xs, ys = xs.reshape(1, -1), ys.reshape(1, -1)
+    xin = m[:, 0] * xs + m[:, 1] * ys + m[:, 2]  # [1 or n, H*W], Pillow's order of operations
+    yin = m[:, 3] * xs + m[:, 4] * ys + m[:, 5]
+    inside = (xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)
     xs0, ys0 = xin - 0.5, yin - 0.5
     x0, y0 = torch.floor(xs0), torch.floor(ys0)
-    dx, dy = (xs0 - x0).reshape(-1, 1), (ys0 - y0).reshape(-1, 1)
-    x0, y0 = x0.long().reshape(-1), y0.long().reshape(-1)
+    dx, dy = xs0 - x0, ys0 - y0
+    x0, y0 = x0.long(), y0.long()
     if interp == BICUBIC:
         taps = range(-1, 3)
 
@@ -209,58 +230,70 @@ def _warp(x: torch.Tensor, matrix: tuple, interp: int) -> torch.Tensor:
 
         def combine(v, t):  # BILINEAR macro
             return v[0] + (v[1] - v[0]) * t
-    # pixels as rows [H*W, N*C]: a tap is one row gather (index_select on dim 0 copies whole
-    # rows, ~50x faster on a CPU than gathering along the last dimension)
-    flat = x.reshape(n * c, h * w).t().contiguous()
+    if m.shape[0] == 1:
+        # one matrix: pixels as rows [H*W, N*C], a tap is a row gather (index_select on dim 0
+        # copies whole rows, ~50x faster on a CPU than gathering along the last dimension)
+        src = x.reshape(n * c, h * w).t().contiguous()
+        x0, y0, dx, dy, inside = (t.reshape(-1, 1) for t in (x0, y0, dx, dy, inside))  # per row
+
+        def tap(pos):
+            return src.index_select(0, pos.reshape(-1))
+    else:
+        # one matrix per image: each image's taps from its own pixels, by flat position
+        src, base = x.reshape(-1), (torch.arange(n * c, device=dev) * (h * w)).view(n, c, 1)
+        x0, y0, dx, dy, inside = (t.unsqueeze(1) for t in (x0, y0, dx, dy, inside))  # [N, 1, H*W]
+
+        def tap(pos):
+            return src.take(pos + base)
     cols = [(x0 + k).clamp(0, w - 1) for k in taps]
-    rows = []
-    for k in taps:
-        yi = (y0 + k).clamp(0, h - 1) * w
-        rows.append(combine([flat.index_select(0, yi + xi).double() for xi in cols], dx))
-    v = combine(rows, dy)
+    # a tap at a time (contiguous tensors: on large images the arithmetic is what costs)
+    v = combine([combine([tap((y0 + k).clamp(0, h - 1) * w + xi).double() for xi in cols], dx) for k in taps], dy)
     if interp == BICUBIC:
         v = v.clamp(0, 255)
     out = torch.where(inside, v.trunc(), 0.0).to(torch.uint8)
-    return out.t().reshape(n, c, h, w)
+    return (out.t() if m.shape[0] == 1 else out).reshape(n, c, h, w)
+
+
+@lru_cache(maxsize=256)
+def _affine(name: str, arg: float, h: int, w: int) -> tuple | None:
+    """The matrix Pillow resamples with for a geometric op, or None where it does not resample
+    (rotations by multiples of 90 degrees: Pillow transposes, see `rotate`)."""
+    if name == "Rotate":
+        angle = arg % 360.0
+        if angle in (0, 180) or (angle in (90, 270) and h == w):
+            return None
+        # Image.rotate(degrees, expand=False): the affine about the image centre, as Pillow builds it
+        rad = -math.radians(angle)
+        m = [round(math.cos(rad), 15), round(math.sin(rad), 15), 0.0, round(-math.sin(rad), 15), round(math.cos(rad), 15), 0.0]
+        cx, cy = w / 2.0, h / 2.0
+        m[2], m[5] = m[0] * -cx + m[1] * -cy + m[2], m[3] * -cx + m[4] * -cy + m[5]
+        return (m[0], m[1], m[2] + cx, m[3], m[4], m[5] + cy)
+    return {"ShearX": (1, arg, 0, 0, 1, 0), "ShearY": (1, 0, 0, arg, 1, 0),
+            "TranslateXRel": (1, 0, arg * w, 0, 1, 0), "TranslateYRel": (1, 0, 0, 0, 1, arg * h)}[name]
 
 
 def rotate(x, degrees, interp):
-    # Image.rotate(degrees, expand=False): the affine about the image centre, as Pillow builds it
     h, w = x.shape[-2:]
+    m = _affine("Rotate", degrees, h, w)
+    if m is not None:
+        return _warp(x, m, interp)
     angle = degrees % 360.0
-    if angle == 0:
-        return x
-    if angle == 180:  # Pillow transposes these instead of resampling
+    if angle == 180:
         return x.flip(-1).flip(-2)
-    if angle in (90, 270) and h == w:
+    if angle in (90, 270):
         return torch.rot90(x, 1 if angle == 90 else -1, dims=(-2, -1))
-    rad = -math.radians(angle)
-    m = [round(math.cos(rad), 15), round(math.sin(rad), 15), 0.0, round(-math.sin(rad), 15), round(math.cos(rad), 15), 0.0]
-    cx, cy = w / 2.0, h / 2.0
-    m[2], m[5] = m[0] * -cx + m[1] * -cy + m[2], m[3] * -cx + m[4] * -cy + m[5]
-    m[2] += cx
-    m[5] += cy
-    return _warp(x, tuple(m), interp)
+    return x
 
 
-def shear_x(x, factor, interp):
-    return _warp(x, (1, factor, 0, 0, 1, 0), interp)
-
-
-def shear_y(x, factor, interp):
-    return _warp(x, (1, 0, 0, factor, 1, 0), interp)
-
-
-def translate_x_rel(x, pct, interp):
-    return _warp(x, (1, 0, pct * x.shape[-1], 0, 1, 0), interp)
-
-
-def translate_y_rel(x, pct, interp):
-    return _warp(x, (1, 0, 0, 0, 1, pct * x.shape[-2]), interp)
+def _geometric(name):
+    def op(x, arg, interp):
+        return _warp(x, _affine(name, arg, *x.shape[-2:]), interp)
+    op.__name__ = name
+    return op
 
 
 OPS = {"AutoContrast": autocontrast, "Equalize": equalize, "Invert": invert, "Rotate": rotate, "Posterize": posterize,
        "Solarize": solarize, "Color": color, "Contrast": contrast, "Brightness": brightness, "Sharpness": sharpness,
-       "ShearX": shear_x, "ShearY": shear_y, "TranslateXRel": translate_x_rel, "TranslateYRel": translate_y_rel,
-       "SolarizeAdd": solarize_add}
+       "ShearX": _geometric("ShearX"), "ShearY": _geometric("ShearY"), "TranslateXRel": _geometric("TranslateXRel"),
+       "TranslateYRel": _geometric("TranslateYRel"), "SolarizeAdd": solarize_add}
 assert set(OPS) == set(RandAugment.OPS)

@@ -49,6 +49,16 @@ class Runtime:
         x = x.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
 
+    def inputs(self, *xs) -> list:
+        """`input` for several batches of one step (None passes through). Batched-augmentation
+        batches are finished together: one RandAugment pass over all their images costs a fixed
+        number of tensor ops, as one batch does (the same pixels: every image keeps its draws)."""
+        aug = [x for x in xs if x is not None and not isinstance(x, torch.Tensor)]
+        if len(aug) > 1:
+            done = iter(aug[0].finish_together(aug, self.device))
+            xs = tuple(x if x is None or isinstance(x, torch.Tensor) else next(done) for x in xs)
+        return [None if x is None else self.input(x) for x in xs]
+
     def batched_augment(self, setting: str) -> bool:
         """speed.augment: batched RandAugment on a GPU (CPU-side PIL would starve it); on a CPU
         the loader's PIL ops are the faster (benchmarks/augment_speed.py)."""

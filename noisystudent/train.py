@@ -197,15 +197,15 @@ def fit(
             _fault_kill_at(desc, step)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
-            x_l, y_l = next(lab_iter)
-            x_l, y_l = rt.input(x_l), y_l.to(rt.device, non_blocking=True)
             # both batches are drawn at every step, used or not: the streams stay those of step
             # `step`, so a resumed run draws what an uninterrupted one would
+            x_l, y_l = next(lab_iter)
+            x_u, y_u = next(pse_iter) if pse_iter is not None else (None, None)
+            x_l, x_u = rt.inputs(x_l, x_u)  # batched RandAugment: both batches in one pass
+            y_l = y_l.to(rt.device, non_blocking=True)
+            y_u = y_u.to(rt.device, non_blocking=True) if y_u is not None else None
             phase = "joint" if not cfg.pretrain_steps else "pseudo" if step < cfg.pretrain_steps else "labeled"
             with rt.autocast():
-                if pse_iter is not None:
-                    x_u, y_u = next(pse_iter)
-                    x_u, y_u = rt.input(x_u), y_u.to(rt.device, non_blocking=True)
                 if pse_iter is None or phase == "labeled":
                     logits_l, loss_u = net(x_l).float(), torch.zeros((), device=rt.device)
                     loss_l = F.cross_entropy(logits_l, y_l)

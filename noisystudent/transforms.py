@@ -139,6 +139,16 @@ class AugmentBatch(NamedTuple):
         # unit_tensor's arithmetic (ToTensor's), then Normalize's: as `Preprocess.batch` without augment
         return normalise(x.float().div_(255), self.mean, self.std)
 
+    @staticmethod
+    def finish_together(batches: list[AugmentBatch], device: torch.device) -> list[torch.Tensor]:
+        """`finish` of each batch, computed as one batch where they share a shape and
+        normalisation (the labeled and pseudo-labeled batches of a step)."""
+        first = batches[0]
+        if any(b.pixels.shape[1:] != first.pixels.shape[1:] or (b.mean, b.std) != (first.mean, first.std) for b in batches):
+            return [b.finish(device) for b in batches]
+        joint = AugmentBatch(torch.cat([b.pixels for b in batches]), [p for b in batches for p in b.plans], first.mean, first.std)
+        return list(joint.finish(device).split([len(b.plans) for b in batches]))
+
 
 def eval_transform(cfg: dict) -> Preprocess:
     return Preprocess(_resize(cfg), cfg["mean"], cfg["std"])

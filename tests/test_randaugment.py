@@ -139,6 +139,45 @@ def test_whole_transform_batched_equals_pil_per_image():
         assert torch.equal(out[False], out[True]), shape
 
 
+@pytest.mark.parametrize("shape", [(1, 16, 16), (3, 12, 20)])
+def test_one_batch_of_different_warps_equals_each_image_alone(shape):
+    """`apply` warps every geometric image of a layer in one call, each with its own matrix and
+    filter (and rotations by 90/180 degrees transposed): every image as Pillow would do it alone."""
+    cases = [(n, a, i) for n, a, i in CASES if n in R.GEOMETRIC] + [("Invert", None, None), ("Posterize", 3, None)]
+    a = images(*shape, n=len(cases) * 2)
+    plans = [[cases[k % len(cases)], cases[(k * 7 + 3) % len(cases)]] for k in range(len(a))]
+    got = R.apply(torch.from_numpy(a).permute(0, 3, 1, 2).contiguous(), plans)
+    for k, plan in enumerate(plans):
+        ref = a[k : k + 1]
+        for name, arg, interp in plan:
+            ref = pil_reference(ref, REFERENCE[name], arg, interp).permute(0, 2, 3, 1).numpy()
+        assert torch.equal(got[k], torch.from_numpy(ref[0]).permute(2, 0, 1)), (k, plan)
+
+
+def test_batches_finished_together_equal_each_alone():
+    """The labeled and pseudo-labeled batches of a step are augmented in one pass (Runtime.inputs):
+    the same tensors as each finished alone; batches of different shapes are finished apart."""
+    from noisystudent.runtime import runtime
+    from noisystudent.transforms import AugmentBatch
+
+    ra = RandAugment(2, 9)
+
+    def batch(n, shape, first_seed):
+        plans = []
+        for s in range(first_seed, first_seed + n):
+            random.seed(s)
+            plans.append(R.plan(ra))
+        a = images(*shape, n=n)
+        return AugmentBatch(torch.from_numpy(a).permute(0, 3, 1, 2).contiguous(), plans, [0.5] * shape[0], [0.25] * shape[0])
+
+    rt = runtime("cpu", "fp32", False, 0, False)
+    for shapes in ([(1, 16, 16), (1, 16, 16)], [(1, 16, 16), (3, 12, 20)]):
+        a, b = batch(8, shapes[0], 0), batch(24, shapes[1], 100)
+        x_a, none, x_b = rt.inputs(a, None, b)
+        assert none is None
+        assert torch.equal(x_a, a.finish(rt.device)) and torch.equal(x_b, b.finish(rt.device))
+
+
 def test_op_frequencies_are_uniform_and_every_op_is_applied():
     """The official rule: each layer one op of the 15, uniformly, always applied (no skip)."""
     ra = RandAugment(2, 9)
