@@ -15,7 +15,7 @@ python benchmarks/augment_speed.py --sizes 3x224 --sizes 3x32 --batch 256 --batc
 for prec in fp32 bf16; do
   for aug in pil batched; do
     python benchmarks/train_speed.py --synthetic 6000 --size 224 --chans 3 --arch efficientnet_b0 --batch-size 64 \
-      --steps 60 --repeats 2 --workers "$W" --channels-last --precision "$prec" --augment "$aug"
+      --segments 12 --repeats 2 --workers "$W" --channels-last --precision "$prec" --augment "$aug"
   done
 done
 # DDP: the real training stage on every visible GPU (train.nproc relaunches it under torchrun)
@@ -27,4 +27,4 @@ for prec in fp32 bf16; do
     --workers "$W" --channels-last --precision "$prec" --repeats 3
 done
 # the default digits student, for scale: tiny models leave a big GPU mostly idle
-python benchmarks/train_speed.py --synthetic 20000 --size 16 --chans 1 --arch ns_resnet_m --steps 100 --repeats 2 --precision bf16
+python benchmarks/train_speed.py --synthetic 20000 --size 16 --chans 1 --arch ns_resnet_m --segments 20 --repeats 2 --precision bf16

@@ -107,7 +107,7 @@ def interleaved(p, data_dir: Path, image_size: int | None, arch: str, batch: int
 def main(
     arch: Annotated[Optional[str], typer.Option(help="model (default: the last iteration's in params.yaml)")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="labeled batch (default: train.batch_size)")] = None,
-    segments: Annotated[int, typer.Option(help=f"timed segments of {SEGMENT} steps of each loop, per run")] = 40,
+    segments: Annotated[int, typer.Option(min=2, help=f"timed segments of {SEGMENT} steps of each loop, per run")] = 40,
     repeats: Annotated[int, typer.Option(help="runs of the real loop, each interleaved with the bare one (the figure: their median ratio)")] = 5,
     precision: Annotated[str, typer.Option(help="fp32 | bf16 | fp16 | mixed (both loops)")] = "fp32",
     channels_last: bool = False,
