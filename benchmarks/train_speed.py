@@ -65,11 +65,13 @@ class BareLoop:
 
 
 def interleaved(p, data_dir: Path, image_size: int | None, arch: str, batch: int, ratio: int, segments: int, rt,
-                ema_decay: float, batched: bool = False) -> tuple[list[float], list[float]]:
+                ema_decay: float, batched: bool = False) -> tuple[list[float], list[float], float]:
     """One run of the real loop (`fit` on the prepared data exactly as a student trains) with a
     bare segment run inside every log callback: the two loops take turns every SEGMENT steps, so
     a machine whose speed drifts slows both alike. Returns each segment's seconds, real and bare,
-    after one untimed segment of each (set-up and warm-up)."""
+    after one untimed segment of each (set-up and warm-up), and the seconds per bare segment with
+    no real loop in the process (before and after it, averaged): the control that shows whether
+    the real loop slows the bare one (a helper thread did, which flattered the ratio)."""
     from noisystudent import data as D
     from noisystudent.models import create_model
     from noisystudent.train import FitConfig, fit
@@ -100,8 +102,11 @@ def interleaved(p, data_dir: Path, image_size: int | None, arch: str, batch: int
         resumed[0] = time.perf_counter()
 
     fc = FitConfig(steps=SEGMENT * (segments + 1), batch_size=batch, lr=0.01, batch_ratio=ratio, log_every=SEGMENT, ema_decay=ema_decay)
+    bare.run(SEGMENT)  # warm-up
+    alone = bare.run(8 * SEGMENT) / 8
     fit(model, labeled, fc, pseudo, on_log=turn, rt=rt)
-    return real_s, bare_s
+    alone = (alone + bare.run(8 * SEGMENT) / 8) / 2
+    return real_s, bare_s, alone
 
 
 def main(
@@ -145,22 +150,25 @@ def main(
     images = SEGMENT * batch * (1 + ratio)
     runs = []
     for i in range(repeats):
-        real_s, bare_s = interleaved(p, data, image_size, arch, batch, ratio, segments, rt, ema, augment == "batched")
+        real_s, bare_s, alone = interleaved(p, data, image_size, arch, batch, ratio, segments, rt, ema, augment == "batched")
         r, b = images * len(real_s) / sum(real_s), images * len(bare_s) / sum(bare_s)
-        runs.append((r, b))
+        runs.append((r, b, images / alone))
         print(json.dumps({"real_images_per_s": round(r, 1), "bare_images_per_s": round(b, 1), "ratio": round(r / b, 3),
+                          "bare_alone_images_per_s": round(images / alone, 1),
                           # per segment pair, to see the spread
                           "segment_ratios_q25_q50_q75": [round(q, 3) for q in statistics.quantiles(
                               [b_ / r_ for r_, b_ in zip(real_s, bare_s)], n=4)]}), flush=True)
-    r, b = statistics.median(x for x, _ in runs), statistics.median(y for _, y in runs)
+    r, b = statistics.median(x for x, _, _ in runs), statistics.median(y for _, y, _ in runs)
     print(json.dumps({"arch": arch, "batch": f"{batch} labeled + {batch * ratio} pseudo", "threads": torch.get_num_threads(),
                       **rt.describe(), "ema_decay": ema, "workers": workers, "augment": augment, "segment_steps": SEGMENT,
                       "segments": segments, "repeats": repeats, "image": [d.in_chans, size, size],
                       "data": "synthetic" if synthetic else str(data),
                       "real_images_per_s": round(r, 1), "bare_images_per_s": round(b, 1),
                       # each run's real / bare over its interleaved segments: robust to the machine's drift
-                      "run_ratios": [round(x / y, 3) for x, y in runs],
-                      "median_run_ratio": round(statistics.median(x / y for x, y in runs), 3)}))
+                      "run_ratios": [round(x / y, 3) for x, y, _ in runs],
+                      "median_run_ratio": round(statistics.median(x / y for x, y, _ in runs), 3),
+                      # ~1 unless the real loop slows the bare segments between its own (read before the ratio)
+                      "bare_interleaved_over_alone": round(statistics.median(y / z for _, y, z in runs), 3)}))
     if synthetic:
         shutil.rmtree(data.parent, ignore_errors=True)
 
