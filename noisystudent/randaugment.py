@@ -4,9 +4,10 @@
 image its own draws. Here the draws are made first, per image, from Python's `random` seeded
 exactly as the PIL path seeds it (`plan`: the same calls in the same order, so the same ops,
 signs and resampling filters), and the pixels are then transformed a layer at a time: images
-that drew the same (op, argument, filter) are transformed together in one tensor op. With a
-fixed magnitude an op has at most two arguments (a random sign) and two filters, so a batch
-is a few dozen tensor ops whatever its size.
+that drew the same (op, argument) are transformed together, and on small images every affine
+warp of the layer is one call per filter, each image with its own matrix. With a fixed
+magnitude an op has at most two arguments (a random sign), so a batch costs a fixed number of
+tensor ops whatever its size.
 
 The arithmetic is Pillow's (13.x), so the pixels are the PIL path's exactly: lookup tables for
 autocontrast, equalize, invert, posterize, solarize and solarize-add; the blends (color,
