@@ -43,8 +43,8 @@ def collect(records: list[dict], seeds: list[int], suite: str = "tune", role: st
         except KeyError as e:
             problems.append(f"`{name}`: finished without metric {e}")
     cols = ["candidate", "seed", "experiment", "role", *FIGURES]
-    students = list(dict.fromkeys(c for r in rows for c in r if c not in cols))  # in chain order
-    return pd.DataFrame(rows, columns=cols + students), problems
+    student_cols = list(dict.fromkeys(c for r in rows for c in r if c not in cols))  # in chain order
+    return pd.DataFrame(rows, columns=cols + student_cols), problems
 
 
 def split_roles(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
