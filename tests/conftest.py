@@ -118,7 +118,8 @@ LONG_FILES = ("test_e2e.py", "test_e2e_imagefolder.py", "test_faults.py")
 
 def pytest_collection_modifyitems(config, items):
     """Run the long end-to-end files first: pytest-xdist (`--dist loadfile`) hands whole files to
-    its workers in collection order, so one started last sets the suite's wall time (the longest
-    jobs first is the classic schedule for parallel machines)."""
+    its workers in collection order (with `--no-loadscope-reorder`, pyproject.toml: by default
+    it orders files by their number of tests), so one started last sets the suite's wall time
+    (the longest jobs first is the classic schedule for parallel machines)."""
     rank = {name: i for i, name in enumerate(LONG_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))  # stable: the rest keep their order
