@@ -38,13 +38,21 @@ SEGMENT = 5  # steps per segment: the real loop and the bare loop take turns thi
 
 class BareLoop:
     """Forward + backward + SGD step of `model` on tensors already in memory (on the device),
-    with the same precision and memory format as the real loop: the real loop's ceiling."""
+    with the same precision, memory format and optimizer settings (momentum, Nesterov, weight
+    decay) as the real loop: the real loop's ceiling. With `ema_decay` it also averages the
+    weights as the real loop does: the ceiling of the method's arithmetic, not of the loop."""
 
-    def __init__(self, model, batch: int, chans: int, size: int, classes: int, rt):
+    def __init__(self, model, batch: int, chans: int, size: int, classes: int, rt, ema_decay: float = 0.0):
+        from noisystudent.train import FitConfig, _ema
+
         rt.model(model)
-        self.net, self.rt = (torch.compile(model) if rt.compile else model), rt
-        self.opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+        self.model, self.rt = model, rt
+        self.net = torch.compile(model) if rt.compile else model
+        fc = FitConfig(steps=1, batch_size=batch, lr=0.01)  # its optimizer defaults are the real loop's
+        self.opt = torch.optim.SGD(model.parameters(), lr=fc.lr, momentum=fc.momentum, weight_decay=fc.weight_decay, nesterov=True)
         self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp == torch.float16)
+        self.ema = _ema(model, ema_decay) if ema_decay > 0 else None
+        self.steps = 0
         self.x = rt.input(torch.randn(batch, chans, size, size))
         self.y = torch.softmax(torch.randn(batch, classes, device=rt.device), 1)
         model.train()
@@ -60,12 +68,15 @@ class BareLoop:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.opt)
             self.scaler.update()
+            self.steps += 1
+            if self.ema is not None:
+                self.ema.update(self.model, step=self.steps)
         self.rt.synchronize()
         return time.perf_counter() - t0
 
 
 def interleaved(p, data_dir: Path, image_size: int | None, arch: str, batch: int, ratio: int, segments: int, rt,
-                ema_decay: float, batched: bool = False) -> tuple[list[float], list[float], float]:
+                ema_decay: float, batched: bool = False, bare_ema: bool = False) -> tuple[list[float], list[float], float]:
     """One run of the real loop (`fit` on the prepared data exactly as a student trains) with a
     bare segment run inside every log callback: the two loops take turns every SEGMENT steps, so
     a machine whose speed drifts slows both alike. Returns each segment's seconds, real and bare,
@@ -87,7 +98,7 @@ def interleaved(p, data_dir: Path, image_size: int | None, arch: str, batch: int
     pseudo = D.ImageDataset(d.images, unl["id"].to_numpy(), probs, tf)
     model = create_model(arch, d.num_classes, d.in_chans, p.noise.dropout, p.noise.drop_path)
     bare = BareLoop(create_model(arch, d.num_classes, d.in_chans, p.noise.dropout, p.noise.drop_path),
-                    batch * (1 + ratio), d.in_chans, cfg["input_size"][-1], d.num_classes, rt)
+                    batch * (1 + ratio), d.in_chans, cfg["input_size"][-1], d.num_classes, rt, ema_decay if bare_ema else 0.0)
     real_s: list[float] = []
     bare_s: list[float] = []
     resumed = [0.0]
@@ -120,6 +131,7 @@ def main(
     workers: Annotated[int, typer.Option(help="training DataLoader workers (real loop)")] = 0,
     augment: Annotated[str, typer.Option(help="RandAugment in the real loop: pil | batched (speed.augment)")] = "pil",
     ema_decay: Annotated[Optional[float], typer.Option(help="real loop's EMA (default: train.ema_decay)")] = None,
+    bare_ema: Annotated[bool, typer.Option(help="the bare loop averages the weights too: the ceiling of the method's arithmetic")] = False,
     device: str = "auto",
     data: Annotated[Path, typer.Option(help="prepared data folder (run `dvc repro prepare` first)")] = ROOT / "data/prepared",
     synthetic: Annotated[int, typer.Option(help="> 0: train on this many random images instead of --data")] = 0,
@@ -150,7 +162,7 @@ def main(
     images = SEGMENT * batch * (1 + ratio)
     runs = []
     for i in range(repeats):
-        real_s, bare_s, alone = interleaved(p, data, image_size, arch, batch, ratio, segments, rt, ema, augment == "batched")
+        real_s, bare_s, alone = interleaved(p, data, image_size, arch, batch, ratio, segments, rt, ema, augment == "batched", bare_ema)
         r, b = images * len(real_s) / sum(real_s), images * len(bare_s) / sum(bare_s)
         runs.append((r, b, images / alone))
         print(json.dumps({"real_images_per_s": round(r, 1), "bare_images_per_s": round(b, 1), "ratio": round(r / b, 3),
@@ -160,7 +172,7 @@ def main(
                               [b_ / r_ for r_, b_ in zip(real_s, bare_s)], n=4)]}), flush=True)
     r, b = statistics.median(x for x, _, _ in runs), statistics.median(y for _, y, _ in runs)
     print(json.dumps({"arch": arch, "batch": f"{batch} labeled + {batch * ratio} pseudo", "threads": torch.get_num_threads(),
-                      **rt.describe(), "ema_decay": ema, "workers": workers, "augment": augment, "segment_steps": SEGMENT,
+                      **rt.describe(), "ema_decay": ema, "bare_ema": bare_ema, "workers": workers, "augment": augment, "segment_steps": SEGMENT,
                       "segments": segments, "repeats": repeats, "image": [d.in_chans, size, size],
                       "data": "synthetic" if synthetic else str(data),
                       "real_images_per_s": round(r, 1), "bare_images_per_s": round(b, 1),
