@@ -1,0 +1,63 @@
+"""What the optimizer's weight decay and the weight averaging (EMA) cost a bare training step
+(a benchmark, run by hand; not in CI).
+
+Three bare loops of `train_speed.BareLoop` (forward + backward + SGD on tensors in memory):
+without weight decay, with the real loop's, and with it plus the EMA the real loop keeps. They
+take turns every 5 steps in one process, so the machine's drift slows all three alike; the
+figure is each one's median seconds per segment. Tells whether a gap between the real loop and
+the bare one is the loop's (data, bookkeeping) or the method's arithmetic.
+
+    python benchmarks/bare_variants.py --arch resnet18 --size 32 --chans 3
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from train_speed import SEGMENT, BareLoop  # noqa: E402  (benchmarks/train_speed.py)
+
+
+def main(
+    arch: str = "resnet18",
+    batch: Annotated[int, typer.Option(help="images per step (labeled + pseudo-labeled)")] = 128,
+    size: int = 32,
+    chans: int = 3,
+    classes: int = 10,
+    turns: Annotated[int, typer.Option(min=3, help=f"timed segments of {SEGMENT} steps of each loop")] = 12,
+    ema_decay: float = 0.999,
+):
+    import os
+
+    os.environ.setdefault("NS_QUIET", "1")
+    from noisystudent.models import create_model
+    from noisystudent.runtime import runtime
+
+    rt = runtime("auto")
+    loops = {}
+    for name, ema in (("no weight decay", 0.0), ("weight decay", 0.0), ("weight decay + EMA", ema_decay)):
+        loop = BareLoop(create_model(arch, classes, chans, 0.5, 0.2), batch, chans, size, classes, rt, ema)
+        if name == "no weight decay":
+            for group in loop.opt.param_groups:
+                group["weight_decay"] = 0.0
+        loop.run(SEGMENT)  # warm-up
+        loops[name] = loop
+    seconds: dict[str, list[float]] = {name: [] for name in loops}
+    for _ in range(turns):
+        for name, loop in loops.items():
+            seconds[name].append(loop.run(SEGMENT))
+    print(json.dumps({"arch": arch, "batch": batch, "image": [chans, size, size], "threads": torch.get_num_threads(),
+                      "segment_steps": SEGMENT, "turns": turns,
+                      "images_per_s": {name: round(SEGMENT * batch / statistics.median(s), 1) for name, s in seconds.items()}}))
+
+
+if __name__ == "__main__":
+    typer.run(main)
