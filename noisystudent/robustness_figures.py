@@ -79,8 +79,14 @@ def resampled_figures(o: dict, base: dict, idx: np.ndarray, left_out: list[int],
     on the same images. A corruption or perturbation whose reference figure is 0 in a resample
     is undefined there and left out of that resample's mean, as `mean_defined` does;
     `left_out` (indices) are left out of relative mCE, decided once on all the images."""
+    # a resample as how often it draws each image: its mean of any outcome is then one matrix
+    # product, where indexing the outcomes with `idx` would copy them B times over (75
+    # corruption-severities x 2,000 resamples x 200 images x 8 bytes: 240 MB per model)
+    B, n = idx.shape
+    counts = np.bincount((np.arange(B)[:, None] * n + idx).ravel(), minlength=B * n).reshape(B, n).astype(np.float64)
+
     def rate(a):  # [..., n] -> [..., B]
-        return np.asarray(a, dtype=np.float64)[..., idx].mean(-1)
+        return np.asarray(a, dtype=np.float64) @ counts.T / n
 
     e, eb, c, cb = rate(o["wrong"]), rate(base["wrong"]), rate(o["clean_wrong"]), rate(base["clean_wrong"])  # [C, S, B], [B]
     with np.errstate(divide="ignore", invalid="ignore"):

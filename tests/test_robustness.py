@@ -145,6 +145,20 @@ def test_resampled_figures_of_all_images_are_the_reported_figures():
     assert got["clean_error"][0] == pytest.approx(o["clean_wrong"].mean())
 
 
+def test_each_resample_gives_the_figures_of_the_images_it_draws():
+    """A resample's row (computed from how often it draws each image) equals the figures of
+    the outcomes taken image by image in the order drawn, repeats included."""
+    rng = np.random.default_rng(4)
+    o, base = _outcomes(rng, 60, 0.2), _outcomes(rng, 60, 0.35)
+    idx = F.bootstrap_rows(60, 5, seed=1)
+    got = F.resampled_figures(o, base, idx, [1], fgsm_at=2)
+    for r, rows in enumerate(idx):
+        drawn = lambda d: {k: np.asarray(v)[..., rows] for k, v in d.items()}  # noqa: E731
+        one = F.resampled_figures(drawn(o), drawn(base), np.arange(60)[None], [1], fgsm_at=2)
+        for k in got:
+            assert got[k][r] == pytest.approx(one[k][0], rel=1e-12, nan_ok=True), (r, k)
+
+
 def test_intervals_cover_the_figure_and_shrink_with_more_images():
     rng = np.random.default_rng(1)
     widths = []
