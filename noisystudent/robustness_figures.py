@@ -82,11 +82,11 @@ def resampled_figures(o: dict, base: dict, idx: np.ndarray, left_out: list[int],
     # a resample as how often it draws each image: its mean of any outcome is then one matrix
     # product, where indexing the outcomes with `idx` would copy them B times over (75
     # corruption-severities x 2,000 resamples x 200 images x 8 bytes: 240 MB per model)
-    B, n = idx.shape
+    (B, drawn), n = idx.shape, np.shape(o["clean_wrong"])[-1]
     counts = np.bincount((np.arange(B)[:, None] * n + idx).ravel(), minlength=B * n).reshape(B, n).astype(np.float64)
 
     def rate(a):  # [..., n] -> [..., B]
-        return np.asarray(a, dtype=np.float64) @ counts.T / n
+        return np.asarray(a, dtype=np.float64) @ counts.T / drawn
 
     e, eb, c, cb = rate(o["wrong"]), rate(base["wrong"]), rate(o["clean_wrong"]), rate(base["clean_wrong"])  # [C, S, B], [B]
     with np.errstate(divide="ignore", invalid="ignore"):
