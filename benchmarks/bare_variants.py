@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import statistics
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -40,14 +41,14 @@ def main(
     os.environ.setdefault("NS_QUIET", "1")
     from noisystudent.models import create_model
     from noisystudent.runtime import runtime
+    from noisystudent.train import FitConfig
 
     rt = runtime("auto")
+    real = FitConfig(steps=1, batch_size=batch, lr=0.01, ema_decay=ema_decay)  # the real loop's optimizer settings
     loops = {}
-    for name, ema in (("no weight decay", 0.0), ("weight decay", 0.0), ("weight decay + EMA", ema_decay)):
-        loop = BareLoop(create_model(arch, classes, chans, 0.5, 0.2), batch, chans, size, classes, rt, ema)
-        if name == "no weight decay":
-            for group in loop.opt.param_groups:
-                group["weight_decay"] = 0.0
+    for name, cfg, average in (("no weight decay", replace(real, weight_decay=0.0), False), ("weight decay", real, False),
+                               ("weight decay + EMA", real, True)):
+        loop = BareLoop(create_model(arch, classes, chans, 0.5, 0.2), batch, chans, size, classes, rt, cfg, average)
         loop.run(SEGMENT)  # warm-up
         loops[name] = loop
     seconds: dict[str, list[float]] = {name: [] for name in loops}

@@ -37,21 +37,20 @@ SEGMENT = 5  # steps per segment: the real loop and the bare loop take turns thi
 
 
 class BareLoop:
-    """Forward + backward + SGD step of `model` on tensors already in memory (on the device),
-    with the same precision, memory format and optimizer settings (momentum, Nesterov, weight
-    decay) as the real loop: the real loop's ceiling. With `ema_decay` it also averages the
-    weights as the real loop does: the ceiling of the method's arithmetic, not of the loop."""
+    """Forward + backward + optimizer step of `model` on tensors already in memory (on the
+    device), with the real loop's precision, memory format and optimizer (`train.optimizer` of
+    the same FitConfig): the real loop's ceiling. With `average`, it also keeps the EMA of
+    `cfg.ema_decay` as the real loop does: the ceiling of the method's arithmetic, not of the loop."""
 
-    def __init__(self, model, batch: int, chans: int, size: int, classes: int, rt, ema_decay: float = 0.0):
-        from noisystudent.train import FitConfig, _ema
+    def __init__(self, model, batch: int, chans: int, size: int, classes: int, rt, cfg, average: bool = False):
+        from noisystudent.train import _ema, optimizer
 
         rt.model(model)
         self.model, self.rt = model, rt
         self.net = torch.compile(model) if rt.compile else model
-        fc = FitConfig(steps=1, batch_size=batch, lr=0.01)  # its optimizer defaults are the real loop's
-        self.opt = torch.optim.SGD(model.parameters(), lr=fc.lr, momentum=fc.momentum, weight_decay=fc.weight_decay, nesterov=True)
+        self.opt = optimizer(model, cfg)
         self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp == torch.float16)
-        self.ema = _ema(model, ema_decay) if ema_decay > 0 else None
+        self.ema = _ema(model, cfg.ema_decay) if average and cfg.ema_decay > 0 else None
         self.steps = 0
         self.x = rt.input(torch.randn(batch, chans, size, size))
         self.y = torch.softmax(torch.randn(batch, classes, device=rt.device), 1)
@@ -97,8 +96,9 @@ def interleaved(p, data_dir: Path, image_size: int | None, arch: str, batch: int
     probs = np.full((len(unl), d.num_classes), 1.0 / d.num_classes, dtype=np.float32)
     pseudo = D.ImageDataset(d.images, unl["id"].to_numpy(), probs, tf)
     model = create_model(arch, d.num_classes, d.in_chans, p.noise.dropout, p.noise.drop_path)
+    fc = FitConfig(steps=SEGMENT * (segments + 1), batch_size=batch, lr=0.01, batch_ratio=ratio, log_every=SEGMENT, ema_decay=ema_decay)
     bare = BareLoop(create_model(arch, d.num_classes, d.in_chans, p.noise.dropout, p.noise.drop_path),
-                    batch * (1 + ratio), d.in_chans, cfg["input_size"][-1], d.num_classes, rt, ema_decay if bare_ema else 0.0)
+                    batch * (1 + ratio), d.in_chans, cfg["input_size"][-1], d.num_classes, rt, fc, average=bare_ema)
     real_s: list[float] = []
     bare_s: list[float] = []
     resumed = [0.0]
@@ -112,7 +112,6 @@ def interleaved(p, data_dir: Path, image_size: int | None, arch: str, batch: int
             bare_s.append(b)
         resumed[0] = time.perf_counter()
 
-    fc = FitConfig(steps=SEGMENT * (segments + 1), batch_size=batch, lr=0.01, batch_ratio=ratio, log_every=SEGMENT, ema_decay=ema_decay)
     bare.run(SEGMENT)  # warm-up
     alone = bare.run(8 * SEGMENT) / 8
     fit(model, labeled, fc, pseudo, on_log=turn, rt=rt)

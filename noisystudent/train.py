@@ -121,6 +121,11 @@ def _loader(ds: Dataset, batch_size: int, cfg: FitConfig, rt: Runtime, stream: i
                   pin_memory=rt.pin_memory)
 
 
+def optimizer(model: nn.Module, cfg: FitConfig) -> torch.optim.SGD:
+    """SGD with Nesterov momentum and weight decay, as `fit` trains (benchmarks build theirs here too)."""
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+
+
 def _fault_kill_at(desc: str, step: int) -> None:
     """Fault injection for the kill tests: NS_FAULT_KILL_AT_STEP=<desc>:<k> (e.g.
     train_student@s1:5) SIGKILLs the process training `desc` just before step k."""
@@ -159,7 +164,7 @@ def fit(
     rt = rt or Runtime()
     seed_everything(cfg.seed + 7919 * rt.rank)  # dropout / stochastic depth masks differ per rank
     rt.model(model)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    opt = optimizer(model, cfg)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp == torch.float16)  # fp16 only: bf16 needs none
     ema = _ema(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     sums = torch.zeros(3, device=rt.device)  # labeled loss, pseudo loss, labeled correct: read at log time only
